@@ -1,0 +1,56 @@
+"""Where the Hydra configs live, and the few helpers that turn config nodes into constructor arguments.
+
+Configuration flows one way: Hydra composes `conf/` (+ a recipe + overrides) in struct
+mode, so an unknown key is an error at the command line; the entry points pass plain
+values to constructors, and nothing below them reads global config.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def config_dir() -> str:
+    """The conf/ folder: inside the installed package (wheel) or beside it (source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"seq2seq configs not found next to {here}; reinstall the package")
+
+
+def to_dict(node) -> dict:
+    """A resolved plain dict of a config node (None stays None)."""
+    if node is None:
+        return {}
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node)
+
+
+def setup_logging(rank: int = 0) -> None:
+    """Log to stderr (stdout may carry decoded text); other ranks than 0 log warnings only."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
+    elif os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

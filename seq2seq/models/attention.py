@@ -1,0 +1,76 @@
+"""Multi-head scaled dot-product attention, the Transformer's and usable as any decoder's cross-attention.
+
+Every attention in the package takes a key padding mask ([B, S], True at padding) and
+can return its weights ([B, T, S], averaged over heads unless one head is asked for),
+which are exactly zero on padding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, H*dh] -> [B, H, T, dh]."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, dh] -> [B, T, H*dh]."""
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)
+
+
+def attend(q, k, v, mask=None, dropout: float = 0.0, need_weights: bool = False, causal: bool = False):
+    """Attention of q [B,H,T,dh] over k, v [B,H,S,dh]; mask [B,1,1,S] or [B,1,T,S], True where allowed.
+
+    Uses the fused scaled_dot_product_attention unless the weights are wanted.
+    Returns (output [B,H,T,dh], weights [B,H,T,S] or None).
+    """
+    if not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal), None
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    if causal:
+        t, s = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return F.dropout(weights, dropout, training=dropout > 0) @ v, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Cross-attention from queries of size query_dim to a memory of size key_dim.
+
+    The keys and values of a memory are projected once (project_memory) and reused at
+    every decoding step.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, heads: int = 8, dropout: float = 0.0, name: str = "multihead"):
+        super().__init__()
+        if query_dim % heads:
+            raise ValueError(f"attention heads ({heads}) must divide the query size ({query_dim})")
+        self.heads, self.dropout = heads, dropout
+        self.q_proj = nn.Linear(query_dim, query_dim)
+        self.kv_proj = nn.Linear(key_dim, 2 * query_dim)
+        self.out_proj = nn.Linear(query_dim, query_dim)
+        self.output_dim = query_dim
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def forward(self, query, memory_kv, padding_mask, need_weights: bool = False):
+        """query [B,T,Dq]; memory_kv from project_memory; padding_mask [B,S] True at padding.
+
+        Returns (output [B,T,Dq], per-head weights [B,H,T,S] or None).
+        """
+        k, v = memory_kv
+        q = split_heads(self.q_proj(query), self.heads)
+        mask = (~padding_mask)[:, None, None, :]
+        out, weights = attend(q, k, v, mask, self.dropout if self.training else 0.0, need_weights)
+        return self.out_proj(merge_heads(out)), weights

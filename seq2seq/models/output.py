@@ -1,0 +1,70 @@
+"""The output layer: features -> vocabulary scores, and a fused, chunked training loss.
+
+The training loss never materializes the [tokens, vocabulary] logits of the whole
+batch: it walks over chunks of rows, computes each chunk's log-softmax and its
+gradient at once, and keeps only the gradients for the features and the weight. On
+a CPU, where the logits do not fit in cache, this removes most of the output layer's
+memory traffic (a second softmax pass and the logits' backward).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, weight, target, smoothing: float, chunk: int):
+        n, vocab = features.size(0), weight.size(0)
+        grad_features = torch.empty_like(features)
+        grad_weight = torch.zeros_like(weight)
+        loss = features.new_zeros((), dtype=torch.float32)
+        nll = features.new_zeros((), dtype=torch.float32)
+        for start in range(0, n, chunk):
+            h, t = features[start : start + chunk], target[start : start + chunk]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=1)
+            target_logit = logits.gather(1, t[:, None])[:, 0]
+            chunk_nll = (lse - target_logit).sum()
+            smooth = (lse - logits.mean(dim=1)).sum()
+            nll += chunk_nll
+            loss += (1.0 - smoothing) * chunk_nll + smoothing * smooth
+            # d loss / d logits = softmax - (1 - eps) * onehot - eps / V
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad.scatter_add_(1, t[:, None], torch.full_like(lse[:, None], -(1.0 - smoothing)))
+            if smoothing:
+                grad.sub_(smoothing / vocab)
+            grad = grad.to(features.dtype)
+            torch.mm(grad, weight, out=grad_features[start : start + chunk])
+            grad_weight.addmm_(grad.t(), h)
+        ctx.save_for_backward(grad_features, grad_weight)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll):
+        grad_features, grad_weight = ctx.saved_tensors
+        return grad_features * grad_loss, grad_weight * grad_loss, None, None, None
+
+
+class OutputLayer(nn.Module):
+    """A bias-free projection to the vocabulary, optionally sharing the target embedding matrix."""
+
+    def __init__(self, dim: int, vocab_size: int, tied_weight: nn.Parameter | None = None, chunk: int = 512):
+        super().__init__()
+        if tied_weight is not None:
+            self.weight = tied_weight
+        else:
+            self.weight = nn.Parameter(torch.empty(vocab_size, dim))
+            nn.init.normal_(self.weight, std=dim**-0.5)
+        self.chunk = chunk
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.weight.t()
+
+    def loss(self, features: torch.Tensor, target: torch.Tensor, smoothing: float):
+        """(label-smoothed loss, NLL), summed over the rows of features [N, D] with targets [N]."""
+        if torch.is_grad_enabled() and (features.requires_grad or self.weight.requires_grad):
+            return _FusedLinearCrossEntropy.apply(features, self.weight, target, smoothing, self.chunk)
+        from seq2seq.training.loss import label_smoothed_nll
+
+        return label_smoothed_nll(self.forward(features), target, smoothing)

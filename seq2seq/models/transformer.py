@@ -1,0 +1,183 @@
+"""Transformer encoder and decoder (Vaswani et al., 2017), pre-norm or post-norm.
+
+The decoder caches each layer's self-attention keys and values and the projected
+encoder memory, so that a generation step costs one position, not the whole prefix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
+from seq2seq.models.dropout import Dropout
+from seq2seq.models.embeddings import SinusoidalPositions
+from seq2seq.models.model import EncoderOut
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention heads ({heads}) must divide the model size ({dim})")
+        self.heads, self.dropout = heads, dropout
+        self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x, mask=None, causal=False, cache=None):
+        """x [B,T,D]. With cache (k, v) of earlier positions, x holds only the new ones; returns (out, (k, v))."""
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv_proj(x).chunk(3, dim=-1))
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        out, _ = attend(q, k, v, mask, self.dropout if self.training else 0.0, causal=causal)
+        return self.out_proj(merge_heads(out)), (k, v)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, ffn_dim: int, dropout: float):
+        super().__init__(nn.Linear(dim, ffn_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, dim, heads, ffn_dim, dropout, attention_dropout, activation_dropout, pre_norm):
+        super().__init__()
+        self.self_attn = SelfAttention(dim, heads, attention_dropout)
+        self.ffn = FeedForward(dim, ffn_dim, activation_dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout, self.pre_norm = Dropout(dropout), pre_norm
+
+    def forward(self, x, mask):
+        if self.pre_norm:
+            x = x + self.dropout(self.self_attn(self.norm1(x), mask)[0])
+            return x + self.dropout(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.dropout(self.self_attn(x, mask)[0]))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim, heads, ffn_dim, dropout, attention_dropout, activation_dropout, pre_norm, cross_attn):
+        super().__init__()
+        self.self_attn = SelfAttention(dim, heads, attention_dropout)
+        self.cross_attn = cross_attn
+        self.ffn = FeedForward(dim, ffn_dim, activation_dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout, self.pre_norm = Dropout(dropout), pre_norm
+
+    def forward(self, x, memory_kv, padding_mask, cache=None, need_weights=False):
+        causal = cache is None  # a cached step attends to all earlier positions
+        if self.pre_norm:
+            h, kv = self.self_attn(self.norm1(x), causal=causal, cache=cache)
+            x = x + self.dropout(h)
+            h, weights = self.cross_attn(self.norm2(x), memory_kv, padding_mask, need_weights)
+            x = x + self.dropout(h)
+            return x + self.dropout(self.ffn(self.norm3(x))), kv, weights
+        h, kv = self.self_attn(x, causal=causal, cache=cache)
+        x = self.norm1(x + self.dropout(h))
+        h, weights = self.cross_attn(x, memory_kv, padding_mask, need_weights)
+        x = self.norm2(x + self.dropout(h))
+        return self.norm3(x + self.dropout(self.ffn(x))), kv, weights
+
+
+def _init_linears(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, embed: nn.Module, embed_dim: int, max_positions: int, layers: int = 6, heads: int = 8,
+                 ffn_dim: int = 2048, dropout: float = 0.1, attention_dropout: float = 0.0,
+                 activation_dropout: float = 0.0, pre_norm: bool = True):
+        super().__init__()
+        self.embed, self.positions = embed, SinusoidalPositions(embed_dim, max_positions)
+        self.dropout = Dropout(dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(embed_dim, heads, ffn_dim, dropout, attention_dropout, activation_dropout, pre_norm)
+            for _ in range(layers)
+        )
+        self.final_norm = nn.LayerNorm(embed_dim) if pre_norm else nn.Identity()
+        self.output_dim = embed_dim
+        _init_linears(self.layers)
+
+    def forward(self, src: torch.Tensor, padding_mask: torch.Tensor) -> EncoderOut:
+        x = self.dropout(self.embed(src) + self.positions(src.size(1)))
+        mask = (~padding_mask)[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return EncoderOut(self.final_norm(x), padding_mask, src)
+
+
+@dataclass
+class TransformerState:
+    """Per-layer self-attention caches and projected encoder memory of the hypotheses being decoded."""
+
+    self_kv: list
+    memory_kv: list
+    padding_mask: torch.Tensor
+    position: int
+    need_attention: bool
+
+    def reorder(self, indices: torch.Tensor) -> "TransformerState":
+        pick = lambda pair: (pair[0].index_select(0, indices), pair[1].index_select(0, indices))  # noqa: E731
+        return TransformerState(
+            [pick(kv) if kv is not None else None for kv in self.self_kv],
+            [pick(kv) for kv in self.memory_kv],
+            self.padding_mask.index_select(0, indices),
+            self.position,
+            self.need_attention,
+        )
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, embed: nn.Module, embed_dim: int, max_positions: int, attention, layers: int = 6,
+                 heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1, attention_dropout: float = 0.0,
+                 activation_dropout: float = 0.0, pre_norm: bool = True, encoder_dim: int | None = None):
+        super().__init__()
+        self.embed, self.positions = embed, SinusoidalPositions(embed_dim, max_positions)
+        self.dropout = Dropout(dropout)
+        encoder_dim = encoder_dim or embed_dim
+        cross = [attention(query_dim=embed_dim, key_dim=encoder_dim) for _ in range(layers)]
+        if not all(isinstance(c, MultiHeadAttention) for c in cross):
+            raise ValueError(
+                f"the Transformer decoder needs multi-head cross-attention (model/attention=multihead), "
+                f"not {type(cross[0]).__name__}; RNN decoders take the other attention types"
+            )
+        self.layers = nn.ModuleList(
+            DecoderLayer(embed_dim, heads, ffn_dim, dropout, attention_dropout, activation_dropout, pre_norm, c)
+            for c in cross
+        )
+        self.final_norm = nn.LayerNorm(embed_dim) if pre_norm else nn.Identity()
+        self.output_dim = embed_dim
+        _init_linears(self.layers)
+
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, need_attention: bool = False):
+        """Teacher-forced features [B,T,D] for the whole target, and the last layer's attention [B,T,S] if asked."""
+        x = self.dropout(self.embed(prev_tokens) + self.positions(prev_tokens.size(1)))
+        weights = None
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            memory = layer.cross_attn.project_memory(enc.states)
+            x, _, w = layer(x, memory, enc.padding_mask, need_weights=need_attention and last)
+            weights = w if w is not None else weights
+        return self.final_norm(x), (weights.mean(dim=1) if weights is not None else None)
+
+    def init_state(self, enc: EncoderOut, need_attention: bool = False) -> TransformerState:
+        memory = [layer.cross_attn.project_memory(enc.states) for layer in self.layers]
+        return TransformerState([None] * len(self.layers), memory, enc.padding_mask, 0, need_attention)
+
+    def step(self, prev_token: torch.Tensor, state: TransformerState):
+        """One position for every hypothesis: prev_token [B] -> (features [B,D], new state, attention [B,S] or None)."""
+        x = self.embed(prev_token[:, None]) + self.positions(1, state.position)
+        caches, weights = [], None
+        for i, layer in enumerate(self.layers):
+            want = state.need_attention and i == len(self.layers) - 1
+            x, kv, w = layer(x, state.memory_kv[i], state.padding_mask, cache=state.self_kv[i], need_weights=want)
+            caches.append(kv)
+            weights = w if w is not None else weights
+        new_state = TransformerState(caches, state.memory_kv, state.padding_mask, state.position + 1,
+                                     state.need_attention)
+        attn = weights.mean(dim=1)[:, 0] if weights is not None else None
+        return self.final_norm(x)[:, 0], new_state, attn

@@ -1,0 +1,321 @@
+"""The training loop: token-count batches, accumulation, clipping, validation, checkpoints, resume.
+
+Everything the loop needs arrives through the constructor. Rank 0 alone writes files
+and logs; every stopping decision (steps, epochs, minutes, patience, a signal) is
+taken on rank 0 and shared, so all ranks stop at the same step.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from seq2seq.data.batching import bucket_batches, collate, shard
+from seq2seq.data.prepare import PreparedData
+from seq2seq.generation.decoding import decode_ids
+from seq2seq.generation.search import GenerationOptions
+from seq2seq.metrics import bleu
+from seq2seq.training import distributed
+from seq2seq.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from seq2seq.training.distributed import DistInfo
+from seq2seq.training.optim import InverseSqrtSchedule, build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerOptions:
+    max_steps: int = 0
+    max_epochs: int = 0
+    max_minutes: float = 0.0
+    accum_steps: int = 1
+    valid_every: int = 1000
+    valid_beam_size: int = 1
+    valid_max_sentences: int = 0
+    patience: int = 0
+    log_every: int = 50
+    keep_last: int = 1
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if not (self.max_steps or self.max_epochs or self.max_minutes):
+            raise ValueError("set at least one of trainer.max_steps, trainer.max_epochs, trainer.max_minutes")
+        if self.accum_steps < 1 or self.valid_every < 1 or self.log_every < 1:
+            raise ValueError("trainer.accum_steps, trainer.valid_every and trainer.log_every must be >= 1")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, data: PreparedData, run_dir: Path, options: TrainerOptions, *,
+                 optim: dict, schedule: dict, batch_tokens: int, valid_batch_tokens: int,
+                 generation: GenerationOptions, model_config: dict, seed: int, device: torch.device,
+                 dist: DistInfo = DistInfo()):
+        self.model, self.data, self.run_dir, self.opts = model, data, Path(run_dir), options
+        self.device, self.dist, self.seed = device, dist, seed
+        self.batch_tokens, self.valid_batch_tokens = batch_tokens, valid_batch_tokens
+        self.model_config = model_config
+        self.label_smoothing = optim["label_smoothing"]
+        self.clip_norm = optim["clip_norm"]
+        self.optimizer = build_optimizer(model, optim["lr"], optim["betas"], optim["eps"], optim["weight_decay"])
+        self.schedule = InverseSqrtSchedule(optim["lr"], **schedule)
+        self.valid_generation = GenerationOptions(**{**generation.__dict__, "strategy": "beam" if options.valid_beam_size > 1 else "greedy",
+                                                     "beam_size": max(options.valid_beam_size, 1), "nbest": 1})
+        self.ddp = DistributedDataParallel(model) if dist.enabled else None
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_bleu, self.bad_validations = -1.0, 0
+        self.elapsed_before = 0.0
+        self.last_valid_seconds = 0.0
+        self.stop_signal = None
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.writer = None
+        train = data.train
+        self.src_lens = [len(s) + 1 for s in train.src]
+        self.tgt_lens = [len(t) + 1 for t in train.tgt]
+        self.train_src = [torch.as_tensor(s, dtype=torch.long) for s in train.src]
+        self.train_tgt = [torch.as_tensor(t, dtype=torch.long) for t in train.tgt]
+
+    # ---------------------------------------------------------------- files
+    def _metrics(self, row: dict) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, row["step"])
+
+    def _state(self, full: bool) -> dict:
+        state = {"model": self.model.state_dict(), "model_config": self.model_config, "step": self.step,
+                 "epoch": self.epoch, "best_bleu": self.best_bleu}
+        if full:
+            state.update(optimizer=self.optimizer.state_dict(), rng=_rng_state(),
+                         global_batches_done=self.batch_in_epoch * self.dist.world_size,
+                         world_size=self.dist.world_size, bad_validations=self.bad_validations,
+                         elapsed=self._elapsed(), last_valid_seconds=self.last_valid_seconds)
+        return state
+
+    def save(self, best: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self._state(full=True), self.checkpoints / "last.pt")
+        if best:
+            save_checkpoint(self._state(full=False), self.checkpoints / "best.pt")
+        if self.opts.keep_last > 0:
+            save_checkpoint(self._state(full=False), self.checkpoints / f"step_{self.step}.pt")
+            steps = sorted(int(p.stem[5:]) for p in self.checkpoints.glob("step_*.pt"))
+            for old in steps[: -self.opts.keep_last]:
+                (self.checkpoints / f"step_{old}.pt").unlink(missing_ok=True)
+
+    def resume(self) -> None:
+        path = self.checkpoints / "last.pt"
+        state = load_checkpoint(path)
+        load_model_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.best_bleu, self.bad_validations = state["best_bleu"], state["bad_validations"]
+        self.elapsed_before, self.last_valid_seconds = state["elapsed"], state["last_valid_seconds"]
+        self.batch_in_epoch = state["global_batches_done"] // self.dist.world_size
+        if state["world_size"] != self.dist.world_size:
+            log.warning("resuming a %d-process run with %d processes: the rest of epoch %d is sharded anew, "
+                        "so the data order differs from the original run", state["world_size"],
+                        self.dist.world_size, self.epoch)
+        _set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    # ---------------------------------------------------------------- steps
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.time() - self.started)
+
+    def _train_step(self, batches: list) -> tuple[float, float, int]:
+        """One optimizer step over micro-batches; returns (smoothed loss sum, nll sum, target tokens)."""
+        module = self.ddp or self.model
+        ntokens = sum(b.ntokens for b in batches)
+        global_tokens = distributed.all_reduce_sum([float(ntokens)], self.dist)[0]
+        scale = self.dist.world_size / global_tokens  # DDP averages gradients over ranks
+        loss_sum = nll_sum = 0.0
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            sync = i == len(batches) - 1 or self.ddp is None
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                loss, nll = module(batch.src, batch.prev_tokens, batch.target, self.label_smoothing)
+                (loss * scale).backward()
+            loss_sum += loss.item()
+            nll_sum += nll.item()
+        lr = self.schedule(self.step + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum, nll_sum, ntokens
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss and BLEU (rank 0 only; the other ranks wait)."""
+        start = time.time()
+        self.model.eval()
+        valid = self.data.valid
+        nll = tokens = 0.0
+        lens_src = [len(s) + 1 for s in valid.src]
+        lens_tgt = [len(t) + 1 for t in valid.tgt]
+        for idx in bucket_batches(lens_src, lens_tgt, self.valid_batch_tokens, shuffle=False):
+            batch = collate([valid.src[i][: self.model.max_positions - 1] for i in idx],
+                            [valid.tgt[i][: self.model.max_positions - 1] for i in idx], idx).to(self.device)
+            nll += self.model(batch.src, batch.prev_tokens, batch.target, 0.0)[1].item()
+            tokens += batch.ntokens
+        n = self.opts.valid_max_sentences or len(valid)
+        hyps = decode_ids(self.model, valid.src[:n], self.valid_generation, batch_tokens=self.valid_batch_tokens,
+                          device=self.device)
+        text = self.data.tokenizer.decode_tgt([h[0].tokens for h in hyps])
+        score = bleu(text, valid.tgt_text[:n])
+        self.model.train()
+        self.last_valid_seconds = time.time() - start
+        loss = nll / max(tokens, 1)
+        return {"step": self.step, "valid_nll": loss, "valid_ppl": float(torch.tensor(loss).exp()),
+                "valid_bleu": score, "valid_seconds": self.last_valid_seconds}
+
+    def _validate_and_save(self) -> bool:
+        """Validate, keep best and last; True when patience has run out."""
+        out_of_patience = False
+        if self.dist.is_main:
+            row = self.validate()
+            improved = row["valid_bleu"] > self.best_bleu
+            if improved:
+                self.best_bleu, self.bad_validations = row["valid_bleu"], 0
+            else:
+                self.bad_validations += 1
+            row.update(best_bleu=self.best_bleu, elapsed=self._elapsed())
+            self._metrics(row)
+            log.info("step %d | valid nll %.3f | ppl %.2f | BLEU %.2f (best %.2f) | %.1fs", self.step,
+                     row["valid_nll"], row["valid_ppl"], row["valid_bleu"], self.best_bleu, row["valid_seconds"])
+            self.save(best=improved)
+            out_of_patience = self.opts.patience > 0 and self.bad_validations >= self.opts.patience
+        distributed.barrier(self.dist)
+        return distributed.broadcast_flag(out_of_patience, self.dist)
+
+    # ---------------------------------------------------------------- loop
+    def _stop_reason(self) -> str | None:
+        o = self.opts
+        if self.stop_signal is not None:
+            return f"signal {self.stop_signal}"
+        if o.max_steps and self.step >= o.max_steps:
+            return f"reached trainer.max_steps={o.max_steps}"
+        if o.max_minutes and self._elapsed() + self.last_valid_seconds >= o.max_minutes * 60:
+            return f"reached trainer.max_minutes={o.max_minutes:g} (validation time included)"
+        return None
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signal.Signals(signum).name
+        log.warning("%s received: stopping at the next step boundary after saving a checkpoint",
+                    self.stop_signal)
+
+    def fit(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.opts.resume:
+            self.resume()
+        self.started = time.time()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._loop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self.writer is not None:
+                self.writer.close()
+
+    def _loop(self) -> dict:
+        o = self.opts
+        from tqdm import tqdm
+
+        bar = tqdm(total=o.max_steps or None, initial=self.step, disable=not (self.dist.is_main and o.progress),
+                   unit="step", dynamic_ncols=True, mininterval=1.0)
+        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": 0.0}
+        total_tokens, train_seconds = 0, 0.0
+        reason, validated_at = None, -1
+        while reason is None:
+            if o.max_epochs and self.epoch >= o.max_epochs:
+                reason = f"reached trainer.max_epochs={o.max_epochs}"
+                break
+            batches = shard(bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True,
+                                           seed=self.seed, epoch=self.epoch), self.dist.rank, self.dist.world_size)
+            while self.batch_in_epoch < len(batches):
+                group_idx = batches[self.batch_in_epoch : self.batch_in_epoch + o.accum_steps]
+                group = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx], idx)
+                         for idx in group_idx]
+                t0 = time.time()
+                loss, nll, ntokens = self._train_step(group)
+                dt = time.time() - t0
+                self.batch_in_epoch += len(group)
+                window["loss"] += loss
+                window["nll"] += nll
+                window["tokens"] += ntokens
+                window["time"] += dt
+                total_tokens += ntokens
+                train_seconds += dt
+                bar.update(1)
+                if self.step % o.log_every == 0:
+                    tps = window["tokens"] / max(window["time"], 1e-9) * self.dist.world_size
+                    row = {"step": self.step, "epoch": self.epoch, "loss": window["loss"] / window["tokens"],
+                           "nll": window["nll"] / window["tokens"], "lr": self.optimizer.param_groups[0]["lr"],
+                           "tokens_per_s": tps, "elapsed": self._elapsed()}
+                    self._metrics(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:.0f}")
+                    window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": 0.0}
+                reason = self._stop_reason()
+                if self.dist.enabled:  # rank 0 decides for everyone
+                    stop = distributed.broadcast_flag(reason is not None, self.dist)
+                    reason = (reason or "stopped by rank 0") if stop else None
+                if reason is None and self.step % o.valid_every == 0:
+                    validated_at = self.step
+                    if self._validate_and_save():
+                        reason = f"no better validation BLEU for {o.patience} validations (trainer.patience)"
+                if reason is not None:
+                    break
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        bar.close()
+        if self.stop_signal is not None:
+            self.save()
+            log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with trainer.resume=true",
+                        self.stop_signal, self.step, self.checkpoints / "last.pt")
+        elif validated_at != self.step:
+            self._validate_and_save()
+        log.info("training stopped: %s", reason)
+        tps = total_tokens / max(train_seconds, 1e-9) * self.dist.world_size
+        summary = {"step": self.step, "epoch": self.epoch, "best_valid_bleu": self.best_bleu,
+                   "train_tokens_per_s": tps, "elapsed": self._elapsed(), "stop_reason": reason}
+        self._metrics({**summary, "final": True})
+        return summary
