@@ -2,6 +2,8 @@
 
 Writes one detokenized hypothesis per input line, in input order (empty lines stay
 empty lines); with generation.nbest=N, N lines per input: index, score, hypothesis.
+generation.print_alignment=true adds a tab-separated column of hard alignments, and
+attention=<folder> writes heatmaps and raw attention weights (seq2seq.visualize).
 """
 from __future__ import annotations
 
@@ -69,19 +71,54 @@ def decode(cfg: DictConfig) -> list[str]:
     log.info("decoding %d lines with %s (%s, beam %d)", len(lines), path, opts.strategy, opts.beam_size)
     start = time.time()
     src_ids = tokenizer.encode_src(lines)
+    need_attention = bool(cfg.attention) or opts.print_alignment
+    select_attention(model, opts.attention_layer, opts.attention_head)
     with tqdm(total=len(lines), unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-        results = decode_ids(model, src_ids, opts, batch_tokens=cfg.batch_tokens, device=device, progress=bar)
+        results = decode_ids(model, src_ids, opts, batch_tokens=cfg.batch_tokens, device=device,
+                             need_attention=need_attention, progress=bar)
     if opts.nbest == 1:
         out = tokenizer.decode_tgt([hyps[0].tokens for hyps in results])
+        if opts.print_alignment:
+            out = [f"{text}\t{alignment_column(hyps[0])}" for text, hyps in zip(out, results)]
     else:
         out = []
         for i, hyps in enumerate(results):
             texts = tokenizer.decode_tgt([h.tokens for h in hyps])
-            out.extend(f"{i}\t{h.score:.4f}\t{t}" for h, t in zip(hyps, texts))
+            for h, t in zip(hyps, texts):
+                out.append(f"{i}\t{h.score:.4f}\t{t}" + (f"\t{alignment_column(h)}" if opts.print_alignment else ""))
     seconds = time.time() - start
     write_output(cfg.output, out)
+    if cfg.attention:
+        write_attention_folder(cfg.attention, tokenizer, src_ids, results, cfg.attention_max_sentences,
+                               model.max_positions)
     log.info("decoded %d lines in %.1fs (%.1f sentences/s)", len(lines), seconds, len(lines) / max(seconds, 1e-9))
     return out
+
+
+def select_attention(model, layer: int, head: int) -> None:
+    """Point the decoder at the attention layer/head to report; decoders that cannot choose refuse other values."""
+    if hasattr(model.decoder, "select_attention"):
+        model.decoder.select_attention(layer, head)
+    elif (layer, head) != (-1, -1):
+        raise ValueError(f"{type(model.decoder).__name__} cannot select an attention layer or head; "
+                         f"leave generation.attention_layer and attention_head at -1")
+
+
+def alignment_column(hyp) -> str:
+    from seq2seq.visualize import format_alignment, hard_alignment
+
+    return format_alignment(hard_alignment(hyp.attention)) if hyp.tokens else ""
+
+
+def write_attention_folder(folder: str, tokenizer, src_ids: list[list[int]], results, max_sentences: int,
+                           max_positions: int) -> None:
+    """Heatmaps and attention.jsonl for the best hypothesis of the first max_sentences non-empty lines."""
+    from seq2seq.visualize import write_attention
+
+    items = ((i, tokenizer.src_pieces(ids[: max_positions - 1]), tokenizer.tgt_pieces(hyps[0].tokens),
+              hyps[0].attention) for i, (ids, hyps) in enumerate(zip(src_ids, results)) if ids)
+    written = write_attention(folder, items, max_sentences)
+    log.info("wrote attention of %d sentences to %s", written, folder)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="decode")

@@ -1,10 +1,17 @@
 """`seq2seq-train recipe=<name> [key=value ...]`: train a model into a run folder.
 
-Also `python -m seq2seq.train`, which is how torchrun launches it.
+Also `python -m seq2seq.train`, which is how torchrun launches it
+(`torchrun --nproc_per_node=N -m seq2seq.train recipe=...`; see docs/distributed.md).
+A run stopped by SIGTERM or SIGINT saves a checkpoint and exits with 128 + the signal's number.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import signal
+import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -33,8 +40,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     set_threads(cfg.threads)
-    distributed.init(dist, device)
-    run_dir = Path(_shared_run_dir(str(run_dir), dist))
+    distributed.init(dist, device, cfg.dist.backend, cfg.dist.timeout_minutes, cfg.dist.main_wait_minutes)
+    run_dir = Path(distributed.broadcast_object(str(run_dir), dist))  # rank 0's folder for every rank
     options = TrainerOptions(**to_dict(cfg.trainer))
     generation = GenerationOptions(**to_dict(cfg.generation))
     if dist.is_main:
@@ -44,13 +51,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         logging.getLogger().addHandler(handler)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         log.info("run folder: %s", run_dir)
+        if dist.enabled:
+            log.info("distributed data parallel: %d processes, %s backend", dist.world_size,
+                     distributed.resolve_backend(cfg.dist.backend, device))
 
     data_cfg = to_dict(cfg.data)
     if dist.is_main:  # rank 0 fills the cache; the others then read it
         data = prepare_data(data_cfg, to_dict(cfg.tokenizer), seed=cfg.seed)
-    distributed.barrier(dist)
+    distributed.wait_for_main(dist)
     if not dist.is_main:
         data = prepare_data(data_cfg, to_dict(cfg.tokenizer), seed=cfg.seed)
+    _check_same_tokenizer(data.tokenizer, dist)
     data.train = filter_training_pairs(data.train, min(data_cfg["max_src_len"], cfg.model.max_positions),
                                        min(data_cfg["max_tgt_len"], cfg.model.max_positions))
     if dist.is_main:
@@ -84,25 +95,38 @@ def _schedule(cfg) -> dict:
     return sched
 
 
-def _shared_run_dir(run_dir: str, dist) -> str:
-    """Rank 0's run folder for every rank (each rank's Hydra stamps its own time)."""
-    if not dist.enabled:
-        return run_dir
-    import torch.distributed as tdist
+def _check_same_tokenizer(tokenizer, dist) -> None:
+    """Every rank must encode with rank 0's vocabulary (a node without the shared cache would train its own)."""
+    from seq2seq.training import distributed
 
-    box = [run_dir]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
+    if not dist.enabled:
+        return
+    digest = hashlib.sha1()
+    for path in (tokenizer.src_model_path, tokenizer.tgt_model_path):
+        digest.update(Path(path).read_bytes())
+    digests = distributed.gather_objects(digest.hexdigest(), dist)
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"ranks {[r for r, d in enumerate(digests) if d != digests[0]]} built another "
+                           "tokenizer than rank 0: put data.cache_dir on storage that every node shares")
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    if summary.get("signal"):
+        sys.exit(128 + signal.Signals[summary["signal"]].value)
 
 
 def main() -> None:
+    """Ranks other than 0 point their Hydra folder at one shared, always empty scratch folder
+    (output_subdir=null, no log files), so that a torchrun run makes a single run folder: rank
+    0's, which train() hands to every rank. Nothing is left behind even when a rank is killed."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        scratch = Path(tempfile.gettempdir()) / f"seq2seq-hydra-scratch-{os.getuid()}"
+        sys.argv = [a for a in sys.argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     _hydra_main()
 
 

@@ -49,7 +49,7 @@ def train_sentencepiece(
         num_threads=2,
         minloglevel=2,
     )
-    return prefix.with_suffix(".model")
+    return Path(f"{prefix}.model")
 
 
 class Tokenizer:

@@ -35,6 +35,9 @@ class GenerationOptions:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    print_alignment: bool = False  # seq2seq-decode: hard alignments as an extra column
+    attention_layer: int = -1      # which decoder layer's attention seq2seq-decode shows (-1 = last)
+    attention_head: int = -1       # which head (-1 = mean over heads)
 
     def __post_init__(self):
         if self.strategy not in ("beam", "greedy", "sampling"):
@@ -84,7 +87,7 @@ def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attentio
     limits = length_limits(src, opts, model.max_positions)
     enc = model.encode(src)
     rows = torch.arange(batch, device=src.device).repeat_interleave(k)
-    state = model.init_state(enc.index_select(rows), need_attention)
+    state = model.init_state(enc, need_attention).reorder(rows)  # k hypotheses per sentence
     active = torch.arange(batch, device=src.device)  # sentence of each block of k rows
     last = torch.full((batch * k,), BOS, dtype=torch.long, device=src.device)
     history = torch.zeros(batch * k, 0, dtype=torch.long, device=src.device)
@@ -154,8 +157,7 @@ def sample(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bo
     batch = src.size(0)
     rows = torch.arange(batch, device=src.device).repeat_interleave(copies)
     limits = length_limits(src, opts, model.max_positions)[rows]
-    enc = model.encode(src).index_select(rows)
-    state = model.init_state(enc, need_attention)
+    state = model.init_state(model.encode(src), need_attention).reorder(rows)
     total = rows.numel()
     active = torch.arange(total, device=src.device)
     last = torch.full((total,), BOS, dtype=torch.long, device=src.device)

@@ -64,13 +64,19 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv_proj(memory).chunk(2, dim=-1)
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
-    def forward(self, query, memory_kv, padding_mask, need_weights: bool = False):
+    def forward(self, query, memory_kv, padding_mask, need_weights: bool = False, group: int = 1):
         """query [B,T,Dq]; memory_kv from project_memory; padding_mask [B,S] True at padding.
 
+        With group=k, the memory has B/k rows and query rows k*i .. k*i+k-1 all attend to
+        memory row i (k beam hypotheses of one sentence), with no copy of the memory.
         Returns (output [B,T,Dq], per-head weights [B,H,T,S] or None).
         """
         k, v = memory_kv
-        q = split_heads(self.q_proj(query), self.heads)
+        b, t, d = query.shape
+        q = split_heads(self.q_proj(query).reshape(b // group, group * t, d), self.heads)
         mask = (~padding_mask)[:, None, None, :]
         out, weights = attend(q, k, v, mask, self.dropout if self.training else 0.0, need_weights)
-        return self.out_proj(merge_heads(out)), weights
+        if weights is not None and group > 1:
+            s = weights.size(-1)
+            weights = weights.view(b // group, self.heads, group, t, s).transpose(1, 2).reshape(b, self.heads, t, s)
+        return self.out_proj(merge_heads(out).reshape(b, t, d)), weights

@@ -13,30 +13,43 @@ from torch import nn
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Under autocast the matmuls run in the autocast dtype (the weight is cast to it), while the
+    log-softmax, the loss and the accumulated weight gradient stay fp32, like a master copy."""
+
     @staticmethod
     def forward(ctx, features, weight, target, smoothing: float, chunk: int):
         n, vocab = features.size(0), weight.size(0)
+        device_type = features.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else features.dtype
+        w = weight.to(dtype)
         grad_features = torch.empty_like(features)
         grad_weight = torch.zeros_like(weight)
         loss = features.new_zeros((), dtype=torch.float32)
         nll = features.new_zeros((), dtype=torch.float32)
-        for start in range(0, n, chunk):
-            h, t = features[start : start + chunk], target[start : start + chunk]
-            logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=1)
-            target_logit = logits.gather(1, t[:, None])[:, 0]
-            chunk_nll = (lse - target_logit).sum()
-            smooth = (lse - logits.mean(dim=1)).sum()
-            nll += chunk_nll
-            loss += (1.0 - smoothing) * chunk_nll + smoothing * smooth
-            # d loss / d logits = softmax - (1 - eps) * onehot - eps / V
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad.scatter_add_(1, t[:, None], torch.full_like(lse[:, None], -(1.0 - smoothing)))
-            if smoothing:
-                grad.sub_(smoothing / vocab)
-            grad = grad.to(features.dtype)
-            torch.mm(grad, weight, out=grad_features[start : start + chunk])
-            grad_weight.addmm_(grad.t(), h)
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, n, chunk):
+                h, t = features[start : start + chunk].to(dtype), target[start : start + chunk]
+                logits = (h @ w.t()).float()
+                lse = torch.logsumexp(logits, dim=1)
+                target_logit = logits.gather(1, t[:, None])[:, 0]
+                chunk_nll = (lse - target_logit).sum()
+                smooth = (lse - logits.mean(dim=1)).sum()
+                nll += chunk_nll
+                loss += (1.0 - smoothing) * chunk_nll + smoothing * smooth
+                # d loss / d logits = softmax - (1 - eps) * onehot - eps / V
+                grad = logits.sub_(lse[:, None]).exp_()
+                grad.scatter_add_(1, t[:, None], torch.full_like(lse[:, None], -(1.0 - smoothing)))
+                if smoothing:
+                    grad.sub_(smoothing / vocab)
+                grad = grad.to(dtype)
+                if dtype == features.dtype:
+                    torch.mm(grad, w, out=grad_features[start : start + chunk])
+                else:
+                    grad_features[start : start + chunk] = grad @ w
+                if dtype == grad_weight.dtype:
+                    grad_weight.addmm_(grad.t(), h)
+                else:
+                    grad_weight += grad.t() @ h
         ctx.save_for_backward(grad_features, grad_weight)
         return loss, nll
 

@@ -65,17 +65,17 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.dropout, self.pre_norm = Dropout(dropout), pre_norm
 
-    def forward(self, x, memory_kv, padding_mask, cache=None, need_weights=False):
+    def forward(self, x, memory_kv, padding_mask, cache=None, need_weights=False, group=1):
         causal = cache is None  # a cached step attends to all earlier positions
         if self.pre_norm:
             h, kv = self.self_attn(self.norm1(x), causal=causal, cache=cache)
             x = x + self.dropout(h)
-            h, weights = self.cross_attn(self.norm2(x), memory_kv, padding_mask, need_weights)
+            h, weights = self.cross_attn(self.norm2(x), memory_kv, padding_mask, need_weights, group)
             x = x + self.dropout(h)
             return x + self.dropout(self.ffn(self.norm3(x))), kv, weights
         h, kv = self.self_attn(x, causal=causal, cache=cache)
         x = self.norm1(x + self.dropout(h))
-        h, weights = self.cross_attn(x, memory_kv, padding_mask, need_weights)
+        h, weights = self.cross_attn(x, memory_kv, padding_mask, need_weights, group)
         x = self.norm2(x + self.dropout(h))
         return self.norm3(x + self.dropout(self.ffn(x))), kv, weights
 
@@ -112,23 +112,51 @@ class TransformerEncoder(nn.Module):
 
 @dataclass
 class TransformerState:
-    """Per-layer self-attention caches and projected encoder memory of the hypotheses being decoded."""
+    """Per-layer self-attention caches of the hypotheses being decoded, and the projected encoder memory.
+
+    The memory is kept once per source sentence, not once per hypothesis: `group` maps each
+    hypothesis row to its memory row. Reordering hypotheses (beam search does it every step)
+    then copies only the self-attention caches; the memory is compacted only when sentences
+    leave the batch. When the rows are k hypotheses of each sentence in order (the beam
+    search's layout), cross-attention treats the k hypotheses as k queries of one sentence.
+    """
 
     self_kv: list
     memory_kv: list
     padding_mask: torch.Tensor
     position: int
     need_attention: bool
+    group: torch.Tensor | None = None  # [rows] memory row of each hypothesis; None = one row each
 
     def reorder(self, indices: torch.Tensor) -> "TransformerState":
-        pick = lambda pair: (pair[0].index_select(0, indices), pair[1].index_select(0, indices))  # noqa: E731
-        return TransformerState(
-            [pick(kv) if kv is not None else None for kv in self.self_kv],
-            [pick(kv) for kv in self.memory_kv],
-            self.padding_mask.index_select(0, indices),
-            self.position,
-            self.need_attention,
-        )
+        pick = lambda pair, idx: (pair[0].index_select(0, idx), pair[1].index_select(0, idx))  # noqa: E731
+        group = indices if self.group is None else self.group.index_select(0, indices)
+        memory_kv, padding_mask = self.memory_kv, self.padding_mask
+        used, group = torch.unique(group, sorted=True, return_inverse=True)
+        if used.numel() < padding_mask.size(0):  # sentences left: drop their memory
+            memory_kv = [pick(kv, used) for kv in memory_kv]
+            padding_mask = padding_mask.index_select(0, used)
+        return TransformerState([pick(kv, indices) if kv is not None else None for kv in self.self_kv],
+                                memory_kv, padding_mask, self.position, self.need_attention, group)
+
+    def hypotheses_per_sentence(self) -> int:
+        """k when row r belongs to memory row r // k for every row (the beam layout), else 0."""
+        if self.group is None:
+            return 1
+        rows, sentences = self.group.numel(), self.padding_mask.size(0)
+        if rows % sentences:
+            return 0
+        k = rows // sentences
+        expected = torch.arange(sentences, device=self.group.device).repeat_interleave(k)
+        return k if torch.equal(self.group, expected) else 0
+
+    def memory_for_rows(self):
+        """(memory_kv, padding_mask, k): per-sentence memory when the layout allows, else gathered per row."""
+        k = self.hypotheses_per_sentence()
+        if k:
+            return self.memory_kv, self.padding_mask, k
+        pick = lambda pair: (pair[0].index_select(0, self.group), pair[1].index_select(0, self.group))  # noqa: E731
+        return [pick(kv) for kv in self.memory_kv], self.padding_mask.index_select(0, self.group), 1
 
 
 class TransformerDecoder(nn.Module):
@@ -151,18 +179,33 @@ class TransformerDecoder(nn.Module):
         )
         self.final_norm = nn.LayerNorm(embed_dim) if pre_norm else nn.Identity()
         self.output_dim = embed_dim
+        self.attention_layer, self.attention_head = len(self.layers) - 1, -1
         _init_linears(self.layers)
 
+    def select_attention(self, layer: int = -1, head: int = -1) -> None:
+        """Which cross-attention weights forward/step return: layer (-1 = last), head (-1 = mean of heads)."""
+        n, heads = len(self.layers), self.layers[0].cross_attn.heads
+        if not -n <= layer < n:
+            raise ValueError(f"attention_layer={layer} but the decoder has {n} layers (0..{n - 1}, or -1 for the last)")
+        if not -1 <= head < heads:
+            raise ValueError(f"attention_head={head} but the attention has {heads} heads "
+                             f"(0..{heads - 1}, or -1 = mean)")
+        self.attention_layer, self.attention_head = layer % n, head
+
+    def _pick_heads(self, weights: torch.Tensor) -> torch.Tensor:
+        """[B,H,T,S] -> [B,T,S]: the chosen head, or the mean over heads."""
+        return weights.mean(dim=1) if self.attention_head < 0 else weights[:, self.attention_head]
+
     def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, need_attention: bool = False):
-        """Teacher-forced features [B,T,D] for the whole target, and the last layer's attention [B,T,S] if asked."""
+        """Teacher-forced features [B,T,D] for the whole target, and the selected layer's attention [B,T,S] if asked."""
         x = self.dropout(self.embed(prev_tokens) + self.positions(prev_tokens.size(1)))
         weights = None
         for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
+            chosen = i == self.attention_layer
             memory = layer.cross_attn.project_memory(enc.states)
-            x, _, w = layer(x, memory, enc.padding_mask, need_weights=need_attention and last)
+            x, _, w = layer(x, memory, enc.padding_mask, need_weights=need_attention and chosen)
             weights = w if w is not None else weights
-        return self.final_norm(x), (weights.mean(dim=1) if weights is not None else None)
+        return self.final_norm(x), (self._pick_heads(weights) if weights is not None else None)
 
     def init_state(self, enc: EncoderOut, need_attention: bool = False) -> TransformerState:
         memory = [layer.cross_attn.project_memory(enc.states) for layer in self.layers]
@@ -171,13 +214,14 @@ class TransformerDecoder(nn.Module):
     def step(self, prev_token: torch.Tensor, state: TransformerState):
         """One position for every hypothesis: prev_token [B] -> (features [B,D], new state, attention [B,S] or None)."""
         x = self.embed(prev_token[:, None]) + self.positions(1, state.position)
+        memory_kv, padding_mask, k = state.memory_for_rows()
         caches, weights = [], None
         for i, layer in enumerate(self.layers):
-            want = state.need_attention and i == len(self.layers) - 1
-            x, kv, w = layer(x, state.memory_kv[i], state.padding_mask, cache=state.self_kv[i], need_weights=want)
+            want = state.need_attention and i == self.attention_layer
+            x, kv, w = layer(x, memory_kv[i], padding_mask, cache=state.self_kv[i], need_weights=want, group=k)
             caches.append(kv)
             weights = w if w is not None else weights
         new_state = TransformerState(caches, state.memory_kv, state.padding_mask, state.position + 1,
-                                     state.need_attention)
-        attn = weights.mean(dim=1)[:, 0] if weights is not None else None
+                                     state.need_attention, state.group)
+        attn = self._pick_heads(weights)[:, 0] if weights is not None else None
         return self.final_norm(x)[:, 0], new_state, attn

@@ -2,13 +2,16 @@
 
 Everything the loop needs arrives through the constructor. Rank 0 alone writes files
 and logs; every stopping decision (steps, epochs, minutes, patience, a signal) is
-taken on rank 0 and shared, so all ranks stop at the same step.
+shared, so all ranks stop at the same step. The last.pt checkpoint holds everything
+that decides what happens next (weights, optimizer, grad scaler, position in the
+epoch, every rank's RNG state), so a resumed run continues exactly where it stopped.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import random
 import signal
 import time
@@ -31,6 +34,9 @@ from seq2seq.training.optim import InverseSqrtSchedule, build_optimizer
 log = logging.getLogger(__name__)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each
+
+
 @dataclass
 class TrainerOptions:
     max_steps: int = 0
@@ -45,15 +51,43 @@ class TrainerOptions:
     keep_last: int = 1
     resume: bool = False
     progress: bool = True
+    precision: str = "fp32"
+    max_bad_steps: int = 5
 
     def __post_init__(self):
         if not (self.max_steps or self.max_epochs or self.max_minutes):
             raise ValueError("set at least one of trainer.max_steps, trainer.max_epochs, trainer.max_minutes")
-        if self.accum_steps < 1 or self.valid_every < 1 or self.log_every < 1:
-            raise ValueError("trainer.accum_steps, trainer.valid_every and trainer.log_every must be >= 1")
+        if self.accum_steps < 1 or self.valid_every < 1 or self.log_every < 1 or self.max_bad_steps < 1:
+            raise ValueError("trainer.accum_steps, trainer.valid_every, trainer.log_every and "
+                             "trainer.max_bad_steps must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision={self.precision}: expected one of {', '.join(PRECISIONS)}")
+
+
+def epoch_shard(batches: list, rank: int, world_size: int) -> list:
+    """Rank's share of an epoch's batches: every pair exactly once across the ranks, and the same
+    number of batches on every rank (DDP needs all of them in every step).
+
+    Whole batches are dealt round-robin (as batching.shard does); the fewer than world_size
+    left over are pooled and dealt again as one smaller batch per rank, or, when there are
+    fewer pairs than ranks, added one pair each to the ranks' last batches.
+    """
+    if world_size == 1:
+        return batches
+    usable = len(batches) - len(batches) % world_size
+    mine = [list(b) for b in shard(batches, rank, world_size)]
+    rest = [i for b in batches[usable:] for i in b]
+    if len(rest) >= world_size:
+        mine.append(rest[rank::world_size])
+    elif rest:
+        if not mine:
+            raise ValueError(f"{len(rest)} training pairs cannot be shared by {world_size} processes")
+        mine[-1].extend(rest[rank : rank + 1])
+    return mine
 
 
 def _rng_state() -> dict:
+    """This process's random generators (dropout, sampling); each rank has its own."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -61,7 +95,7 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -86,8 +120,19 @@ class Trainer:
         self.schedule = InverseSqrtSchedule(optim["lr"], **schedule)
         self.valid_generation = GenerationOptions(**{**generation.__dict__, "strategy": "beam" if options.valid_beam_size > 1 else "greedy",
                                                      "beam_size": max(options.valid_beam_size, 1), "nbest": 1})
-        self.ddp = DistributedDataParallel(model) if dist.enabled else None
-        self.step = self.epoch = self.batch_in_epoch = 0
+        self.amp_dtype = PRECISIONS[options.precision]
+        if options.precision == "fp16" and device.type != "cuda":
+            raise ValueError("trainer.precision=fp16 needs a CUDA device (its gradient scaling is CUDA-only); "
+                             "use trainer.precision=bf16 on a CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if options.precision == "fp16" else None
+        self.ddp = None
+        if dist.enabled:
+            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            torch.manual_seed(seed + dist.rank)  # own dropout masks per rank; the weights came from rank 0
+        # position: `epoch`, the epoch's batches consumed before the current shard plan began
+        # (`epoch_start`, counted over all ranks) and the batches of this rank's plan done since
+        self.step = self.epoch = self.epoch_start = self.batch_in_epoch = 0
+        self.bad_steps = 0
         self.best_bleu, self.bad_validations = -1.0, 0
         self.elapsed_before = 0.0
         self.last_valid_seconds = 0.0
@@ -114,50 +159,80 @@ class Trainer:
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, row["step"])
 
-    def _state(self, full: bool) -> dict:
+    def _epoch_batches(self) -> list:
+        """The whole epoch's batches, the same on every rank and in every run with this seed."""
+        return bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True, seed=self.seed,
+                              epoch=self.epoch)
+
+    def _plan(self, batches: list) -> list:
+        """This rank's batches for the rest of the epoch (from epoch_start on)."""
+        return epoch_shard(batches[self.epoch_start :], self.dist.rank, self.dist.world_size)
+
+    def _global_done(self, plan_length: int) -> int:
+        """Batches of the epoch consumed by all ranks together: where any number of processes resumes."""
+        if plan_length and self.batch_in_epoch >= plan_length:
+            return len(self._epoch_batches())
+        return self.epoch_start + self.batch_in_epoch * self.dist.world_size
+
+    def _state(self, full: bool, rng: list | None = None, plan_length: int = 0) -> dict:
         state = {"model": self.model.state_dict(), "model_config": self.model_config, "step": self.step,
                  "epoch": self.epoch, "best_bleu": self.best_bleu}
         if full:
-            state.update(optimizer=self.optimizer.state_dict(), rng=_rng_state(),
-                         global_batches_done=self.batch_in_epoch * self.dist.world_size,
-                         world_size=self.dist.world_size, bad_validations=self.bad_validations,
-                         elapsed=self._elapsed(), last_valid_seconds=self.last_valid_seconds)
+            state.update(optimizer=self.optimizer.state_dict(), rng=rng,
+                         scaler=self.scaler.state_dict() if self.scaler else None,
+                         global_batches_done=self._global_done(plan_length), world_size=self.dist.world_size,
+                         bad_validations=self.bad_validations, elapsed=self._elapsed(),
+                         last_valid_seconds=self.last_valid_seconds, precision=self.opts.precision)
         return state
 
-    def save(self, best: bool = False) -> None:
-        if not self.dist.is_main:
-            return
-        save_checkpoint(self._state(full=True), self.checkpoints / "last.pt")
-        if best:
-            save_checkpoint(self._state(full=False), self.checkpoints / "best.pt")
-        if self.opts.keep_last > 0:
-            save_checkpoint(self._state(full=False), self.checkpoints / f"step_{self.step}.pt")
-            steps = sorted(int(p.stem[5:]) for p in self.checkpoints.glob("step_*.pt"))
-            for old in steps[: -self.opts.keep_last]:
-                (self.checkpoints / f"step_{old}.pt").unlink(missing_ok=True)
+    def save(self, best: bool = False, plan_length: int = 0) -> None:
+        """Write last.pt (and best.pt, step_N.pt). Collective: every rank calls it, rank 0 writes,
+        and the others wait until the files are complete."""
+        rng = distributed.gather_objects(_rng_state(), self.dist)
+        if self.dist.is_main:
+            save_checkpoint(self._state(True, rng, plan_length), self.checkpoints / "last.pt")
+            if best:
+                save_checkpoint(self._state(full=False), self.checkpoints / "best.pt")
+            if self.opts.keep_last > 0:
+                save_checkpoint(self._state(full=False), self.checkpoints / f"step_{self.step}.pt")
+                steps = sorted(int(p.stem[5:]) for p in self.checkpoints.glob("step_*.pt") if p.stem[5:].isdigit())
+                for old in steps[: -self.opts.keep_last]:
+                    (self.checkpoints / f"step_{old}.pt").unlink(missing_ok=True)
+        distributed.wait_for_main(self.dist)
 
     def resume(self) -> None:
         path = self.checkpoints / "last.pt"
         state = load_checkpoint(path)
         load_model_state(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_bleu, self.bad_validations = state["best_bleu"], state["bad_validations"]
         self.elapsed_before, self.last_valid_seconds = state["elapsed"], state["last_valid_seconds"]
-        self.batch_in_epoch = state["global_batches_done"] // self.dist.world_size
-        if state["world_size"] != self.dist.world_size:
-            log.warning("resuming a %d-process run with %d processes: the rest of epoch %d is sharded anew, "
-                        "so the data order differs from the original run", state["world_size"],
-                        self.dist.world_size, self.epoch)
-        _set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+        self.epoch_start, self.batch_in_epoch = state["global_batches_done"], 0
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if state["world_size"] != self.dist.world_size and self.dist.is_main:
+            log.warning("resuming a %d-process run with %d processes: the rest of epoch %d is sharded anew "
+                        "(every remaining pair still once), so the data order differs from the original run",
+                        state["world_size"], self.dist.world_size, self.epoch)
+        _set_rng_state(rng[self.dist.rank % len(rng)])
+        log.info("resumed from %s at step %d (epoch %d, %d batches of it done)", path, self.step, self.epoch,
+                 self.epoch_start)
 
     # ---------------------------------------------------------------- steps
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.time() - self.started)
 
-    def _train_step(self, batches: list) -> tuple[float, float, int]:
-        """One optimizer step over micro-batches; returns (smoothed loss sum, nll sum, target tokens)."""
+    def _autocast(self):
+        """Mixed precision for the forward pass (the loss itself stays fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _train_step(self, batches: list) -> tuple[float, float, int, bool]:
+        """One optimizer step over micro-batches. Returns (smoothed loss sum, nll sum, target tokens),
+        all summed over the ranks, and whether the update was made (False: skipped, non-finite)."""
         module = self.ddp or self.model
         ntokens = sum(b.ntokens for b in batches)
         global_tokens = distributed.all_reduce_sum([float(ntokens)], self.dist)[0]
@@ -165,21 +240,51 @@ class Trainer:
         loss_sum = nll_sum = 0.0
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
-            sync = i == len(batches) - 1 or self.ddp is None
+            sync = i == len(batches) - 1 or self.ddp is None  # gradients are all-reduced once, with the last
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                loss, nll = module(batch.src, batch.prev_tokens, batch.target, self.label_smoothing)
-                (loss * scale).backward()
+                with self._autocast():
+                    loss, nll = module(batch.src, batch.prev_tokens, batch.target, self.label_smoothing)
+                scaled = loss * scale
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.item()
             nll_sum += nll.item()
+        loss_sum, nll_sum = distributed.all_reduce_sum([loss_sum, nll_sum], self.dist)
+        problem = None if math.isfinite(loss_sum) else f"loss {loss_sum}"
+        if problem is None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                  self.clip_norm if self.clip_norm > 0 else math.inf)
+            if self.scaler is None and not math.isfinite(norm):  # fp16 overflow is the scaler's business
+                problem = f"gradient norm {norm.item()}"
+        if problem is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._bad_step(problem)
+            return loss_sum, nll_sum, int(global_tokens), False
         lr = self.schedule(self.step + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss_sum, nll_sum, ntokens
+        self.bad_steps = 0
+        return loss_sum, nll_sum, int(global_tokens), True
+
+    def _bad_step(self, problem: str) -> None:
+        """Skip an update with a non-finite loss or gradient; give up after max_bad_steps in a row."""
+        self.bad_steps += 1
+        limit = self.opts.max_bad_steps
+        log.warning("update %d skipped: non-finite %s (%d in a row; training stops at trainer.max_bad_steps=%d)",
+                    self.step + 1, problem, self.bad_steps, limit)
+        if self.bad_steps >= limit:
+            raise FloatingPointError(
+                f"{self.bad_steps} updates in a row had a non-finite loss or gradient (trainer.max_bad_steps="
+                f"{limit}), at step {self.step}; the last good checkpoint is {self.checkpoints / 'last.pt'}. "
+                "Lower optim.lr, lengthen lr_scheduler.warmup_steps, check the data, or use trainer.precision=fp32")
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -193,11 +298,13 @@ class Trainer:
         for idx in bucket_batches(lens_src, lens_tgt, self.valid_batch_tokens, shuffle=False):
             batch = collate([valid.src[i][: self.model.max_positions - 1] for i in idx],
                             [valid.tgt[i][: self.model.max_positions - 1] for i in idx], idx).to(self.device)
-            nll += self.model(batch.src, batch.prev_tokens, batch.target, 0.0)[1].item()
+            with self._autocast():
+                nll += self.model(batch.src, batch.prev_tokens, batch.target, 0.0)[1].item()
             tokens += batch.ntokens
         n = self.opts.valid_max_sentences or len(valid)
-        hyps = decode_ids(self.model, valid.src[:n], self.valid_generation, batch_tokens=self.valid_batch_tokens,
-                          device=self.device)
+        with self._autocast():
+            hyps = decode_ids(self.model, valid.src[:n], self.valid_generation,
+                              batch_tokens=self.valid_batch_tokens, device=self.device)
         text = self.data.tokenizer.decode_tgt([h[0].tokens for h in hyps])
         score = bleu(text, valid.tgt_text[:n])
         self.model.train()
@@ -206,9 +313,9 @@ class Trainer:
         return {"step": self.step, "valid_nll": loss, "valid_ppl": float(torch.tensor(loss).exp()),
                 "valid_bleu": score, "valid_seconds": self.last_valid_seconds}
 
-    def _validate_and_save(self) -> bool:
-        """Validate, keep best and last; True when patience has run out."""
-        out_of_patience = False
+    def _validate_and_save(self, plan_length: int) -> bool:
+        """Validate (rank 0; the others wait), keep best and last; True when patience has run out."""
+        out_of_patience = improved = False
         if self.dist.is_main:
             row = self.validate()
             improved = row["valid_bleu"] > self.best_bleu
@@ -220,26 +327,38 @@ class Trainer:
             self._metrics(row)
             log.info("step %d | valid nll %.3f | ppl %.2f | BLEU %.2f (best %.2f) | %.1fs", self.step,
                      row["valid_nll"], row["valid_ppl"], row["valid_bleu"], self.best_bleu, row["valid_seconds"])
-            self.save(best=improved)
             out_of_patience = self.opts.patience > 0 and self.bad_validations >= self.opts.patience
-        distributed.barrier(self.dist)
+        self.save(best=improved, plan_length=plan_length)
         return distributed.broadcast_flag(out_of_patience, self.dist)
 
     # ---------------------------------------------------------------- loop
     def _stop_reason(self) -> str | None:
         o = self.opts
         if self.stop_signal is not None:
-            return f"signal {self.stop_signal}"
+            return f"signal {signal.Signals(self.stop_signal).name}"
         if o.max_steps and self.step >= o.max_steps:
             return f"reached trainer.max_steps={o.max_steps}"
         if o.max_minutes and self._elapsed() + self.last_valid_seconds >= o.max_minutes * 60:
             return f"reached trainer.max_minutes={o.max_minutes:g} (validation time included)"
         return None
 
+    def _agreed_stop_reason(self) -> str | None:
+        """The stop reason, the same on every rank: any rank's reason (a signal, the clock) stops all."""
+        reason = self._stop_reason()
+        if not self.dist.enabled:
+            return reason
+        stop, signum = distributed.all_reduce_max([int(reason is not None), self.stop_signal or 0], self.dist)
+        if signum and self.stop_signal is None:
+            self.stop_signal = signum
+            reason = f"signal {signal.Signals(signum).name} on another rank"
+        if stop and reason is None:
+            reason = "stopped by another rank"
+        return reason
+
     def _on_signal(self, signum, frame):
-        self.stop_signal = signal.Signals(signum).name
+        self.stop_signal = signum
         log.warning("%s received: stopping at the next step boundary after saving a checkpoint",
-                    self.stop_signal)
+                    signal.Signals(signum).name)
 
     def fit(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +368,16 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             return self._loop()
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            if self.dist.enabled and (isinstance(err, torch.distributed.DistError)
+                                      or any(w in first.lower() for w in ("gloo", "nccl", "connection"))):
+                log.error("rank %d: a collective operation failed at step %d (%s). Another rank has probably "
+                          "died, been killed or hung past dist.timeout_minutes; its log shows the cause.",
+                          self.dist.rank, self.step, first)
+                raise distributed.PeerFailure(f"rank {self.dist.rank} lost its peers at step {self.step}: {first}") \
+                    from err
+            raise
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -264,58 +393,57 @@ class Trainer:
         window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": 0.0}
         total_tokens, train_seconds = 0, 0.0
         reason, validated_at = None, -1
+        plan: list = []
         while reason is None:
             if o.max_epochs and self.epoch >= o.max_epochs:
                 reason = f"reached trainer.max_epochs={o.max_epochs}"
                 break
-            batches = shard(bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True,
-                                           seed=self.seed, epoch=self.epoch), self.dist.rank, self.dist.world_size)
-            while self.batch_in_epoch < len(batches):
-                group_idx = batches[self.batch_in_epoch : self.batch_in_epoch + o.accum_steps]
+            plan = self._plan(self._epoch_batches())
+            while self.batch_in_epoch < len(plan):
+                group_idx = plan[self.batch_in_epoch : self.batch_in_epoch + o.accum_steps]
                 group = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx], idx)
                          for idx in group_idx]
                 t0 = time.time()
-                loss, nll, ntokens = self._train_step(group)
+                loss, nll, ntokens, updated = self._train_step(group)
                 dt = time.time() - t0
                 self.batch_in_epoch += len(group)
-                window["loss"] += loss
-                window["nll"] += nll
-                window["tokens"] += ntokens
-                window["time"] += dt
-                total_tokens += ntokens
-                train_seconds += dt
-                bar.update(1)
-                if self.step % o.log_every == 0:
-                    tps = window["tokens"] / max(window["time"], 1e-9) * self.dist.world_size
-                    row = {"step": self.step, "epoch": self.epoch, "loss": window["loss"] / window["tokens"],
-                           "nll": window["nll"] / window["tokens"], "lr": self.optimizer.param_groups[0]["lr"],
-                           "tokens_per_s": tps, "elapsed": self._elapsed()}
-                    self._metrics(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:.0f}")
-                    window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": 0.0}
-                reason = self._stop_reason()
-                if self.dist.enabled:  # rank 0 decides for everyone
-                    stop = distributed.broadcast_flag(reason is not None, self.dist)
-                    reason = (reason or "stopped by rank 0") if stop else None
-                if reason is None and self.step % o.valid_every == 0:
+                if updated:
+                    window["loss"] += loss
+                    window["nll"] += nll
+                    window["tokens"] += ntokens
+                    window["time"] += dt
+                    total_tokens += ntokens
+                    train_seconds += dt
+                    bar.update(1)
+                    if self.step % o.log_every == 0:
+                        tps = window["tokens"] / max(window["time"], 1e-9)
+                        row = {"step": self.step, "epoch": self.epoch, "loss": window["loss"] / window["tokens"],
+                               "nll": window["nll"] / window["tokens"], "lr": self.optimizer.param_groups[0]["lr"],
+                               "tokens_per_s": tps, "elapsed": self._elapsed()}
+                        self._metrics(row)
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:.0f}")
+                        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": 0.0}
+                reason = self._agreed_stop_reason()
+                if reason is None and updated and self.step % o.valid_every == 0:
                     validated_at = self.step
-                    if self._validate_and_save():
+                    if self._validate_and_save(len(plan)):
                         reason = f"no better validation BLEU for {o.patience} validations (trainer.patience)"
                 if reason is not None:
                     break
             else:
                 self.epoch += 1
-                self.batch_in_epoch = 0
+                self.epoch_start = self.batch_in_epoch = 0
         bar.close()
         if self.stop_signal is not None:
-            self.save()
+            self.save(plan_length=len(plan))
             log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with trainer.resume=true",
-                        self.stop_signal, self.step, self.checkpoints / "last.pt")
+                        signal.Signals(self.stop_signal).name, self.step, self.checkpoints / "last.pt")
         elif validated_at != self.step:
-            self._validate_and_save()
+            self._validate_and_save(len(plan))
         log.info("training stopped: %s", reason)
-        tps = total_tokens / max(train_seconds, 1e-9) * self.dist.world_size
+        tps = total_tokens / max(train_seconds, 1e-9)
         summary = {"step": self.step, "epoch": self.epoch, "best_valid_bleu": self.best_bleu,
-                   "train_tokens_per_s": tps, "elapsed": self._elapsed(), "stop_reason": reason}
+                   "train_tokens_per_s": tps, "elapsed": self._elapsed(), "stop_reason": reason,
+                   "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None}
         self._metrics({**summary, "final": True})
         return summary

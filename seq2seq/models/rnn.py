@@ -1,0 +1,237 @@
+"""Recurrent encoder and attentional decoder (LSTM or GRU): Bahdanau, Luong and friends.
+
+The encoder runs over packed sequences, so padding never reaches its states, and hands
+its final states to the decoder through a bridge. The decoder runs one step at a time
+(training included, since input feeding and Bahdanau's context make every step depend
+on the previous one's attention) with any attention that follows the contract in
+seq2seq.models.rnn_attention; the Transformer's MultiHeadAttention is wrapped to follow it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seq2seq.models.attention import MultiHeadAttention
+from seq2seq.models.dropout import Dropout
+from seq2seq.models.model import EncoderOut
+from seq2seq.models.rnn_attention import MultiHeadAdapter
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+BRIDGES = ("learned", "mean", "zero")
+
+
+class RNNEncoder(nn.Module):
+    """A (bi)directional LSTM/GRU over the source embeddings.
+
+    final: for each layer the last states of both directions, concatenated: h [L,B,D_enc]
+    for a GRU, (h, c) for an LSTM, with D_enc = output_dim. max_positions is accepted for
+    the common constructor signature; a recurrent encoder has no length limit of its own.
+    """
+
+    def __init__(self, embed: nn.Module, embed_dim: int, max_positions: int, cell: str = "lstm", layers: int = 1,
+                 hidden_size: int = 256, bidirectional: bool = True, dropout: float = 0.3):
+        super().__init__()
+        self.embed, self.dropout = embed, Dropout(dropout)
+        if cell not in CELLS:
+            raise ValueError(f"model.encoder.cell must be lstm or gru, not '{cell}'")
+        self.rnn = CELLS[cell](embed_dim, hidden_size, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
+                               bidirectional=bidirectional, batch_first=True)
+        self.layers, self.directions = layers, 2 if bidirectional else 1
+        self.output_dim = hidden_size * self.directions
+
+    def _merge_directions(self, h: torch.Tensor) -> torch.Tensor:
+        """[L*dirs, B, H] -> [L, B, dirs*H]."""
+        _, batch, hidden = h.shape
+        return h.view(self.layers, self.directions, batch, hidden).permute(0, 2, 1, 3).reshape(
+            self.layers, batch, self.directions * hidden)
+
+    def forward(self, src: torch.Tensor, padding_mask: torch.Tensor) -> EncoderOut:
+        x = self.dropout(self.embed(src))
+        lengths = (~padding_mask).sum(dim=1)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, final = self.rnn(packed)
+        states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        if isinstance(final, tuple):
+            final = tuple(self._merge_directions(f) for f in final)
+        else:
+            final = self._merge_directions(final)
+        return EncoderOut(self.dropout(states), padding_mask, src, final)
+
+
+class Bridge(nn.Module):
+    """The decoder's initial hidden states [L_dec, B, H] from the encoder.
+
+    learned: tanh(W h_final) of the encoder's final states (layer l from encoder layer l
+             when the depths match, else every layer from the top encoder layer; an LSTM
+             cell state is bridged from the encoder's cell state when it has one, else zero);
+    mean:    tanh(W mean_s h_s) of the encoder states over the real positions (any encoder);
+    zero:    zeros.
+    """
+
+    def __init__(self, kind: str, encoder_dim: int, hidden_size: int, layers: int, lstm: bool):
+        super().__init__()
+        if kind not in BRIDGES:
+            raise ValueError(f"model.decoder.bridge must be one of {', '.join(BRIDGES)}, not '{kind}'")
+        self.kind, self.hidden_size, self.layers, self.lstm = kind, hidden_size, layers, lstm
+        if kind != "zero":
+            self.h_proj = nn.Linear(encoder_dim, hidden_size)
+            if lstm:
+                self.c_proj = nn.Linear(encoder_dim, hidden_size)
+
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.size(0) == self.layers else x[-1:].expand(self.layers, -1, -1)
+
+    def forward(self, enc: EncoderOut):
+        batch = enc.states.size(0)
+        zeros = enc.states.new_zeros(self.layers, batch, self.hidden_size)
+        if self.kind == "zero":
+            return (zeros, zeros) if self.lstm else zeros
+        if self.kind == "mean":
+            real = (~enc.padding_mask).unsqueeze(-1).to(enc.states.dtype)
+            mean = ((enc.states * real).sum(dim=1) / real.sum(dim=1)).unsqueeze(0).expand(self.layers, -1, -1)
+            h, c = torch.tanh(self.h_proj(mean)), (torch.tanh(self.c_proj(mean)) if self.lstm else None)
+            return (h, c) if self.lstm else h
+        if enc.final is None:
+            raise ValueError("model.decoder.bridge=learned needs an encoder that returns final states (an RNN "
+                             "encoder); use bridge=mean or bridge=zero with this encoder")
+        final_h, final_c = enc.final if isinstance(enc.final, tuple) else (enc.final, None)
+        h = torch.tanh(self.h_proj(self._layers(final_h)))
+        if not self.lstm:
+            return h
+        c = torch.tanh(self.c_proj(self._layers(final_c))) if final_c is not None else zeros
+        return h, c
+
+
+def _select(x, indices: torch.Tensor):
+    """index_select along the batch (first) dimension of a tensor or of every tensor in nested tuples."""
+    if isinstance(x, tuple):
+        return tuple(_select(item, indices) for item in x)
+    return x.index_select(0, indices)
+
+
+@dataclass
+class RNNState:
+    """What the decoder carries between steps; every tensor is batch-first."""
+
+    hidden: tuple                  # per layer: h [B,H], or (h, c) for an LSTM
+    feed: torch.Tensor | None      # previous attentional state h~_{t-1} [B,H] (Luong input feeding)
+    memory: tuple                  # the attention's precomputed source memory
+    position: int
+    need_attention: bool
+
+    def reorder(self, indices: torch.Tensor) -> "RNNState":
+        feed = None if self.feed is None else self.feed.index_select(0, indices)
+        return RNNState(_select(self.hidden, indices), feed, _select(self.memory, indices), self.position,
+                        self.need_attention)
+
+
+class RNNDecoder(nn.Module):
+    """An LSTM/GRU decoder with one attention over the encoder states.
+
+    With a "previous"-timing attention (Bahdanau) step t attends from s_{t-1}, feeds
+    [E y_{t-1}; c_t] to the RNN and outputs tanh(W_o [s_t; c_t; E y_{t-1}]) (the deep output
+    of Nematus). With a "current"-timing one (Luong, local, multihead) it runs the RNN on
+    [E y_{t-1}; h~_{t-1}] (input feeding) or E y_{t-1}, attends from h_t and outputs
+    h~_t = tanh(W_c [c_t; h_t]). Either output is projected to embed_dim, so the output
+    layer can share the target embedding. Like the encoder, it has no length limit of its
+    own and takes max_positions only for the common constructor signature.
+    """
+
+    def __init__(self, embed: nn.Module, embed_dim: int, max_positions: int, encoder_dim: int, attention,
+                 cell: str = "lstm", layers: int = 1, hidden_size: int = 512, dropout: float = 0.3,
+                 input_feeding: bool = True, bridge: str = "learned"):
+        super().__init__()
+        attn = attention(query_dim=hidden_size, key_dim=encoder_dim)
+        self.attention = MultiHeadAdapter(attn) if isinstance(attn, MultiHeadAttention) else attn
+        self.previous = self.attention.query_timing == "previous"
+        if self.previous and input_feeding:
+            raise ValueError(
+                f"{type(attn).__name__} already feeds its context into the RNN input; input feeding is for "
+                f"Luong-style attention: set model.decoder.input_feeding=false"
+            )
+        self.embed, self.dropout = embed, Dropout(dropout)
+        self.input_feeding, self.hidden_size = input_feeding, hidden_size
+        context = self.attention.context_dim
+        extra = context if self.previous else (hidden_size if input_feeding else 0)
+        if cell not in CELLS:
+            raise ValueError(f"model.decoder.cell must be lstm or gru, not '{cell}'")
+        # Cells, not nn.LSTM: a step is one call per layer, and a cell call costs half of nn.LSTM's on a CPU.
+        make = nn.LSTMCell if cell == "lstm" else nn.GRUCell
+        self.cells = nn.ModuleList(make(embed_dim + extra if i == 0 else hidden_size, hidden_size)
+                                   for i in range(layers))
+        self.lstm = cell == "lstm"
+        self.bridge = Bridge(bridge, encoder_dim, hidden_size, layers, cell == "lstm")
+        combine_in = hidden_size + context + (embed_dim if self.previous else 0)
+        self.combine = nn.Linear(combine_in, hidden_size, bias=False)  # W_c (Luong) or W_o (Bahdanau)
+        self.out_proj = nn.Linear(hidden_size, embed_dim, bias=False) if hidden_size != embed_dim else nn.Identity()
+        self.output_dim = embed_dim
+
+    def select_attention(self, layer: int = -1, head: int = -1) -> None:
+        """Which weights step/forward return: there is one attention (layer -1 or 0); head only for multihead."""
+        if layer not in (-1, 0):
+            raise ValueError(f"an RNN decoder has one attention: attention_layer must be -1 or 0, not {layer}")
+        if isinstance(self.attention, MultiHeadAdapter):
+            heads = self.attention.attention.heads
+            if not -1 <= head < heads:
+                raise ValueError(f"attention_head={head} but the attention has {heads} heads "
+                                 f"(0..{heads - 1}, or -1 = mean)")
+            self.attention.head = head
+        elif head != -1:
+            raise ValueError(f"attention_head={head} needs multi-head attention; "
+                             f"{type(self.attention).__name__} has one head (use -1)")
+
+    def init_state(self, enc: EncoderOut, need_attention: bool = False) -> RNNState:
+        feed = enc.states.new_zeros(enc.states.size(0), self.hidden_size) if self.input_feeding else None
+        memory = self.attention.precompute(enc.states, enc.padding_mask)
+        start = self.bridge(enc)
+        hidden = tuple(zip(start[0].unbind(0), start[1].unbind(0))) if self.lstm else tuple(start.unbind(0))
+        return RNNState(hidden, feed, memory, 0, need_attention)
+
+    def _top(self, hidden: tuple) -> torch.Tensor:
+        return hidden[-1][0] if self.lstm else hidden[-1]
+
+    def _run_cells(self, x: torch.Tensor, hidden: tuple):
+        """One step through the layers (dropout between them): (top output [B,H], new hidden)."""
+        new = []
+        for i, cell in enumerate(self.cells):
+            state = cell(x, hidden[i])
+            new.append(state)
+            x = state[0] if self.lstm else state
+            if i < len(self.cells) - 1:
+                x = self.dropout(x)
+        return x, tuple(new)
+
+    def _step(self, emb: torch.Tensor, state: RNNState, need_weights: bool):
+        """emb [B,E] (dropout applied) -> (attentional state [B,H], new state, weights [B,S] or None)."""
+        if self.previous:
+            context, weights = self.attention(self._top(state.hidden), state.memory, state.position, need_weights)
+            h, hidden = self._run_cells(torch.cat([emb, context], dim=-1), state.hidden)
+            attentional = torch.tanh(self.combine(torch.cat([h, context, emb], dim=-1)))
+            feed = None
+        else:
+            x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
+            h, hidden = self._run_cells(x, state.hidden)
+            context, weights = self.attention(h, state.memory, state.position, need_weights)
+            attentional = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
+            feed = attentional if self.input_feeding else None
+        return attentional, RNNState(hidden, feed, state.memory, state.position + 1, state.need_attention), weights
+
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, need_attention: bool = False):
+        """Teacher-forced features [B,T,embed_dim] and, if asked, attention [B,T,S]."""
+        state = self.init_state(enc, need_attention)
+        embs = self.dropout(self.embed(prev_tokens))
+        outputs, weights = [], []
+        for t in range(prev_tokens.size(1)):
+            attentional, state, w = self._step(embs[:, t], state, need_attention)
+            outputs.append(attentional)
+            weights.append(w)
+        features = self.out_proj(self.dropout(torch.stack(outputs, dim=1)))
+        return features, (torch.stack(weights, dim=1) if need_attention else None)
+
+    def step(self, prev_token: torch.Tensor, state: RNNState):
+        """One position for every hypothesis: prev_token [B] -> (features [B,embed_dim], state, weights [B,S]|None)."""
+        attentional, state, weights = self._step(self.embed(prev_token), state, state.need_attention)
+        return self.out_proj(attentional), state, (weights if state.need_attention else None)

@@ -1,0 +1,62 @@
+"""What an RNN decoder asks of its attention, and the helpers every RNN attention shares.
+
+An attention module for RNNDecoder is built as attention(query_dim=, key_dim=) and offers
+  query_timing             "previous": it reads the decoder state before the step and its
+                           context enters the RNN input (Bahdanau); "current": it reads
+                           the state after the step and the decoder forms the attentional
+                           hidden state tanh(W_c [c_t; h_t]) (Luong)
+  context_dim              size of the context vectors it returns
+  precompute(keys, mask)   -> memory: a tuple of batch-first tensors (keys [B,S,Dk],
+                           their projections, the padding mask [B,S] True at padding ...),
+                           computed once per source so a step costs one query
+  forward(query [B,Dq], memory, position, need_weights)
+                           -> (context [B,context_dim], weights [B,S] or None);
+                           position is the target step t (local-m centres its window there)
+Weights are a distribution over the real source positions and exactly 0 on padding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seq2seq.models.attention import MultiHeadAttention
+
+
+def masked_softmax(scores: torch.Tensor, allowed_not: torch.Tensor) -> torch.Tensor:
+    """Softmax of scores [B,S] over the positions where allowed_not [B,S] is False.
+
+    Masked positions get -inf before the softmax, so their weight is exactly 0.
+    """
+    return scores.float().masked_fill(allowed_not, float("-inf")).softmax(dim=-1).to(scores.dtype)
+
+
+def source_lengths(padding_mask: torch.Tensor) -> torch.Tensor:
+    """Real source length [B] (as float, for positions) from a padding mask [B,S]."""
+    return (~padding_mask).sum(dim=1).to(torch.float)
+
+
+class MultiHeadAdapter(nn.Module):
+    """The Transformer's MultiHeadAttention behind the RNN attention contract (Luong timing).
+
+    Its weights are averaged over heads, or one head's when `head` is set (>= 0).
+    """
+
+    query_timing = "current"
+
+    def __init__(self, attention: MultiHeadAttention):
+        super().__init__()
+        self.attention = attention
+        self.context_dim = attention.output_dim
+        self.head = -1
+
+    def precompute(self, keys: torch.Tensor, padding_mask: torch.Tensor) -> tuple:
+        k, v = self.attention.project_memory(keys)
+        return k, v, padding_mask
+
+    def forward(self, query, memory, position: int, need_weights: bool = False):
+        k, v, padding_mask = memory
+        out, weights = self.attention(query[:, None], (k, v), padding_mask, need_weights)
+        if weights is None:
+            return out[:, 0], None
+        weights = weights[:, :, 0]  # [B, H, S]
+        return out[:, 0], (weights.mean(dim=1) if self.head < 0 else weights[:, self.head])

@@ -1,0 +1,138 @@
+"""Shared fixtures: small generated data and a tiny Transformer trained on a toy task."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.data.batching import collate
+from seq2seq.data.tokenizer import EOS
+from seq2seq.models.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_SYMBOLS = 10  # ids 4 .. 13
+
+
+def transformer_config(layers: int = 2, dim: int = 64, heads: int = 4, ffn: int = 128, dropout: float = 0.0,
+                       max_positions: int = 64) -> dict:
+    return {
+        "embed_dim": dim, "dropout": dropout, "max_positions": max_positions, "share_embeddings": True,
+        "tie_output": True,
+        "encoder": {"_target_": "seq2seq.models.transformer.TransformerEncoder", "name": "transformer",
+                    "layers": layers, "heads": heads, "ffn_dim": ffn, "dropout": dropout},
+        "decoder": {"_target_": "seq2seq.models.transformer.TransformerDecoder", "name": "transformer",
+                    "layers": layers, "heads": heads, "ffn_dim": ffn, "dropout": dropout},
+        "attention": {"_target_": "seq2seq.models.attention.MultiHeadAttention", "name": "multihead", "heads": heads},
+    }
+
+
+def toy_pairs(n: int, seed: int, min_len: int = 3, max_len: int = 8) -> list[tuple[list[int], list[int]]]:
+    """Reversal task over symbols 4..13: target is the source reversed."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        src = [rng.randrange(4, 4 + TOY_SYMBOLS) for _ in range(rng.randint(min_len, max_len))]
+        pairs.append((src, src[::-1]))
+    return pairs
+
+
+def train_toy_model(model, steps: int = 400, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, pairs=None):
+    """Adam on (source, target) id pairs (default: the reversal task), batch_size pairs a step."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    data = pairs if pairs is not None else toy_pairs(steps * batch_size, seed)
+    model.train()
+    for step in range(steps):
+        chunk = data[step * batch_size : (step + 1) * batch_size]
+        batch = collate([s for s, _ in chunk], [t for _, t in chunk], list(range(len(chunk))))
+        loss, _ = model(batch.src, batch.prev_tokens, batch.target)
+        optimizer.zero_grad()
+        (loss / batch.ntokens).backward()
+        optimizer.step()
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """A 2-layer Transformer that has learned to reverse sequences (trained once per test session)."""
+    torch.manual_seed(0)
+    model = build_model(transformer_config(), 4 + TOY_SYMBOLS, 4 + TOY_SYMBOLS)
+    return train_toy_model(model)
+
+
+# ---------------------------------------------------------------- corpora on disk
+WORDS = "the a cat dog sees eats red blue small big house tree runs sleeps under over".split()
+TRANSLATE = {w: w.upper()[::-1] for w in WORDS}
+
+
+def toy_corpus_lines(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """A word-substitution 'translation' task: target words are the reversed, upper-cased source words."""
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 7))]
+        src.append(" ".join(words))
+        tgt.append(" ".join(TRANSLATE[w] for w in words))
+    return src, tgt
+
+
+def write_corpus(root: Path, name: str = "toy", n_train: int = 1500, n_valid: int = 40) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 1), ("val", n_valid, 2), ("test", n_valid, 3)):
+        src, tgt = toy_corpus_lines(n, seed)
+        (folder / f"{split}.src").write_text("\n".join(src) + "\n")
+        (folder / f"{split}.tgt").write_text("\n".join(tgt) + "\n")
+    return folder
+
+
+def tiny_train_overrides(root: Path, run_dir: Path, name: str = "toy", steps: int = 40) -> list[str]:
+    """Command-line overrides that train a tiny model on write_corpus's data in seconds."""
+    return [
+        f"data.root={root}", f"data.path={name}", "data.src=src", "data.tgt=tgt",
+        "data.splits.train=train", "data.splits.valid=val", "data.splits.test=test",
+        f"data.cache_dir={root / 'cache'}", "data.batch_tokens=600",
+        "tokenizer.vocab_size=80", "model.embed_dim=32", "model.max_positions=128",
+        "model.encoder.layers=1", "model.encoder.heads=2", "model.encoder.ffn_dim=64",
+        "model.decoder.layers=1", "model.decoder.heads=2", "model.decoder.ffn_dim=64",
+        "model.attention.heads=2", "optim.lr=0.005", "lr_scheduler.warmup_steps=10",
+        f"trainer.max_steps={steps}", "trainer.valid_every=20", "trainer.log_every=1", "trainer.progress=false",
+        "threads=1", f"run_dir={run_dir}",
+    ]
+
+
+def run_cli(module: str, *args: str, stdin: bytes | None = None, cwd: Path | None = None, check: bool = True):
+    """Run `python -m seq2seq.<module> args...` and return the CompletedProcess (text stdout/stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("SEQ2SEQ_DATA", None)
+    proc = subprocess.run([sys.executable, "-m", f"seq2seq.{module}", *args], input=stdin, capture_output=True,
+                          cwd=cwd or REPO, env=env, timeout=600)
+    proc.stdout, proc.stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"seq2seq.{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def greedy_reference(model, src: list[int], max_len: int = 20) -> list[int]:
+    """Plain greedy decoding by full recomputation, the slow obvious way (a test oracle)."""
+    from seq2seq.data.batching import pad_source
+    from seq2seq.data.tokenizer import BOS
+
+    source = pad_source([src])
+    prev = [BOS]
+    with torch.no_grad():
+        for _ in range(max_len):
+            scores = model(source, torch.tensor([prev]))
+            logp = scores[0, -1].log_softmax(-1)
+            logp[:4] = torch.where(torch.arange(4) == EOS, logp[:4], torch.tensor(float("-inf")))
+            token = int(logp.argmax())
+            if token == EOS:
+                break
+            prev.append(token)
+    return prev[1:]

@@ -1,0 +1,48 @@
+"""Hydra composition: recipes, overrides reaching constructors, unknown keys refused."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from seq2seq.config import config_dir, to_dict
+from seq2seq.models.model import build_model
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_recipe_selects_groups_and_values():
+    cfg = composed("recipe=multi30k_en_de_transformer")
+    assert cfg.name == "multi30k_en_de_transformer"
+    assert cfg.model.embed_dim == 256 and cfg.trainer.max_minutes == 30
+
+
+def test_override_after_recipe_reaches_the_module():
+    cfg = composed("recipe=multi30k_en_de_transformer", "model.encoder.layers=2", "model.decoder.ffn_dim=96",
+                   "model.embed_dim=32", "model.encoder.heads=2", "model.decoder.heads=2", "model.attention.heads=2",
+                   "model.dropout=0.3")
+    model = build_model(to_dict(cfg.model), 100, 100)
+    assert len(model.encoder.layers) == 2
+    assert model.decoder.layers[0].ffn[0].out_features == 96
+    assert model.encoder.dropout.p == 0.3
+    assert model.encoder.embed is model.decoder.embed  # shared vocabulary, shared embedding
+    assert model.output_layer.weight is model.decoder.embed.weight
+
+
+def test_unknown_command_line_key_is_an_error():
+    with pytest.raises(Exception, match="layer"):
+        composed("model.encoder.layer=2")
+
+
+def test_unknown_key_inside_a_group_is_named():
+    cfg = composed("+model.encoder.n_layers=3")
+    with pytest.raises(ValueError, match="model.encoder.*n_layers"):
+        build_model(to_dict(cfg.model), 100, 100)
+
+
+def test_shared_embeddings_need_a_joint_vocabulary():
+    cfg = composed()
+    with pytest.raises(ValueError, match="joint vocabulary"):
+        build_model(to_dict(cfg.model), 100, 120)
