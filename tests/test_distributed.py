@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli, tiny_train_overrides, transformer_config, write_corpus
-from seq2seq.training.trainer import Trainer, TrainerOptions, epoch_shard
+from seq2seq.data.batching import epoch_shard
+from seq2seq.training.trainer import Trainer, TrainerOptions
 
 
 def _env() -> dict:

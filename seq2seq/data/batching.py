@@ -86,3 +86,25 @@ def shard(batches: list, rank: int, world_size: int) -> list:
         return batches
     usable = len(batches) - len(batches) % world_size
     return batches[rank:usable:world_size]
+
+
+def epoch_shard(batches: list, rank: int, world_size: int) -> list:
+    """Rank's share of an epoch's batches: every pair exactly once across the ranks, and the same
+    number of batches on every rank (DDP needs all of them in every step).
+
+    Whole batches are dealt round-robin (as shard does); the fewer than world_size
+    left over are pooled and dealt again as one smaller batch per rank, or, when there are
+    fewer pairs than ranks, added one pair each to the ranks' last batches.
+    """
+    if world_size == 1:
+        return batches
+    usable = len(batches) - len(batches) % world_size
+    mine = [list(b) for b in shard(batches, rank, world_size)]
+    rest = [i for b in batches[usable:] for i in b]
+    if len(rest) >= world_size:
+        mine.append(rest[rank::world_size])
+    elif rest:
+        if not mine:
+            raise ValueError(f"{len(rest)} training pairs cannot be shared by {world_size} processes")
+        mine[-1].extend(rest[rank : rank + 1])
+    return mine
