@@ -230,7 +230,7 @@ def _slow_validation_worker(rank: int, root: Path, port: int, seconds: float) ->
 def test_a_validation_longer_than_the_collective_timeout_does_not_fail(corpus):
     """Rank 1 waits for rank 0's validation on the long-timeout group, not the short one."""
     make_trainer(corpus, corpus / "warm", 1)  # fill the data cache before the ranks read it
-    torch.multiprocessing.spawn(_slow_validation_worker, args=(corpus, free_port(), 4.0), nprocs=2)
+    torch.multiprocessing.spawn(_slow_validation_worker, args=(corpus, free_port(), 12.0), nprocs=2)
     assert (corpus / "slow_valid" / "checkpoints" / "last.pt").is_file()
 
 
