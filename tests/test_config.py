@@ -42,6 +42,13 @@ def test_unknown_key_inside_a_group_is_named():
         build_model(to_dict(cfg.model), 100, 100)
 
 
+def test_a_transformer_recipe_with_an_rnn_attention_is_refused_by_name():
+    # the recipe's model.attention.heads is left over; the pairing is named before that key is
+    cfg = composed("recipe=multi30k_en_de_transformer", "model/attention=bahdanau")
+    with pytest.raises(ValueError, match="model/decoder=transformer cannot use model/attention=bahdanau.*multihead"):
+        build_model(to_dict(cfg.model), 100, 100)
+
+
 def test_shared_embeddings_need_a_joint_vocabulary():
     cfg = composed()
     with pytest.raises(ValueError, match="joint vocabulary"):

@@ -161,8 +161,36 @@ def test_ddp_over_two_nodes_equals_one_process_accumulating_the_same_micro_batch
     assert all(abs(la[s] - lb[s]) <= 1e-5 * abs(lb[s]) for s in la)  # logged losses are global sums
     state = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # every rank's generators
-    assert not [p for p in corpus.iterdir() if p.name not in ("cache", "toy", "two_nodes", "single")
+    assert not [p for p in corpus.iterdir() if p.name not in ("cache", "toy", "two_nodes", "single", "rnn_ddp",
+                                                               "rnn_single", "preempted", "slow_valid", "warm")
                 and p.is_dir()]  # the other rank made no run folder of its own
+
+
+RNN_MODEL = ("model/encoder=lstm", "model/decoder=rnn", "model/attention=luong_local_p",
+             "model.encoder.hidden_size=16", "model.decoder.hidden_size=32", "model.attention.window=3")
+
+
+def rnn_overrides(root: Path, run: Path, steps: int, *extra: str) -> list[str]:
+    """overrides() for an attentional LSTM (the Transformer-only keys left out)."""
+    keep = [o for o in overrides(root, run, steps) if ".heads=" not in o and ".ffn_dim=" not in o]
+    return [*keep, *RNN_MODEL, *extra]
+
+
+@pytest.mark.slow
+def test_ddp_trains_an_attentional_lstm_like_one_process(corpus):
+    """DDP needs a gradient for every parameter on every rank: the RNN family's bridge, input feeding
+    and local-p's position predictor (reached only through the Gaussian) must all get one. Two ranks
+    must then match one process accumulating the same two micro-batches per step."""
+    ddp, single = corpus / "rnn_ddp", corpus / "rnn_single"
+    same = ("model.dropout=0", "optim.eps=1e-4")  # eps: see the two-node test above
+    proc = start(torchrun_cmd(*rnn_overrides(corpus, ddp, 3, *same)), corpus / "rnn_ddp.log")
+    run_cli("train", *rnn_overrides(corpus, single, 3, *same, "trainer.accum_steps=2"))
+    assert proc.wait(timeout=300) == 0, (corpus / "rnn_ddp.log").read_text()[-3000:]
+    a, b = weights(ddp / "checkpoints" / "last.pt"), weights(single / "checkpoints" / "last.pt")
+    assert any("position_proj" in k for k in a)  # the local-p predictor is really in the model
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    la, lb = losses(ddp), losses(single)
+    assert sorted(la) == sorted(lb) == [1, 2, 3] and all(abs(la[s] - lb[s]) <= 1e-5 * abs(lb[s]) for s in la)
 
 
 # ---------------------------------------------------------------- preemption, resume across sizes, faults

@@ -90,18 +90,39 @@ def check_distribution(weights: torch.Tensor, padding_mask: torch.Tensor) -> Non
 
 
 # ---------------------------------------------------------------- attention weights and masks
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_weights_are_distributions_over_real_positions(variant):
+def attention_over_ragged_batch(variant: str, **attention_keys):
+    """(model, src, prev, encoder output, weights [B,12,S]) of a fresh model teacher-forced on a ragged batch."""
     torch.manual_seed(0)
-    model = build_model(rnn_config(variant, bridge="learned"), VOCAB, VOCAB).eval()
+    model = build_model(rnn_config(variant, bridge="learned", **attention_keys), VOCAB, VOCAB).eval()
     src = pad_source(ragged_batch())
     prev = torch.randint(4, VOCAB, (src.size(0), 12))
     enc = model.encode(src)
     _, weights = model.decoder(prev, enc, need_attention=True)
     assert weights.shape == (src.size(0), 12, src.size(1))
+    return model, src, prev, enc, weights
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_weights_are_distributions_over_real_positions(variant):
+    # local-p as in the paper sums to less than 1 (next test); renormalized, it is a distribution
+    keys = {"renormalize": True} if variant == "luong_local_p" else {}
+    model, src, prev, enc, weights = attention_over_ragged_batch(variant, **keys)
     check_distribution(weights, src.eq(PAD))
     state = model.init_state(enc, need_attention=True)
     for t in range(12):  # step-by-step decoding gives the same weights as teacher forcing
+        _, state, step_weights = model.step(prev[:, t], state)
+        torch.testing.assert_close(step_weights, weights[:, t], atol=1e-5, rtol=0)
+
+
+def test_local_p_as_in_the_paper_is_zero_on_padding_and_sums_to_at_most_one():
+    model, src, prev, enc, weights = attention_over_ragged_batch("luong_local_p")
+    padding = src.eq(PAD)[:, None, :].expand_as(weights)
+    assert torch.all(weights[padding] == 0.0) and torch.all(weights >= 0)
+    sums = weights.detach().sum(-1)
+    assert torch.all(sums <= 1 + 1e-6) and torch.all(sums > 0)
+    assert float(sums.min()) < 0.99  # the Gaussian really shrinks some rows: not secretly renormalized
+    state = model.init_state(enc, need_attention=True)
+    for t in range(12):
         _, state, step_weights = model.step(prev[:, t], state)
         torch.testing.assert_close(step_weights, weights[:, t], atol=1e-5, rtol=0)
 
@@ -124,8 +145,10 @@ def test_padding_never_reaches_encoder_states(cell):
             torch.testing.assert_close(f[:, i], g[:, 0], atol=1e-5, rtol=0)
 
 
-def test_local_p_window_and_gaussian_match_a_hand_computation():
-    attention = LocalAttention(query_dim=2, key_dim=2, mode="predictive", window=2, score="dot", hidden_dim=2)
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_local_p_window_and_gaussian_match_a_hand_computation(renormalize):
+    attention = LocalAttention(query_dim=2, key_dim=2, mode="predictive", window=2, score="dot", hidden_dim=2,
+                               renormalize=renormalize)
     with torch.no_grad():
         attention.position_proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
         attention.position_v.weight.copy_(torch.tensor([[1.0, -1.0]]))
@@ -138,11 +161,19 @@ def test_local_p_window_and_gaussian_match_a_hand_computation():
     p = length / (1 + math.exp(-(math.tanh(0.8) - math.tanh(-0.3))))  # S * sigmoid(v_p^T tanh(W_p h))
     scores = [0.8 * k[0] - 0.3 * k[1] for k in keys[0].tolist()]
     inside = [s for s in range(length) if abs(s - p) <= 2]
-    gauss = {s: math.exp(scores[s]) * math.exp(-((s - p) ** 2) / (2 * sigma**2)) for s in inside}
-    expected = [gauss.get(s, 0.0) / sum(gauss.values()) for s in range(7)]
     assert inside == [3, 4, 5]  # p = 4.33: the window [2.33, 6.33] also covers the padding at 6
+    align = {s: math.exp(scores[s]) / sum(math.exp(scores[r]) for r in inside) for s in inside}  # softmax in window
+    gauss = {s: align[s] * math.exp(-((s - p) ** 2) / (2 * sigma**2)) for s in inside}
+    total = sum(gauss.values()) if renormalize else 1.0
+    expected = [gauss.get(s, 0.0) / total for s in range(7)]
     torch.testing.assert_close(weights[0], torch.tensor(expected), atol=1e-6, rtol=0)
     assert weights[0, 6] == 0.0 and weights[0, :3].eq(0.0).all()
+    assert (abs(float(weights.sum()) - 1) < 1e-6) == renormalize  # the paper's form sums to 0.81 here
+
+
+def test_renormalize_is_refused_for_local_m():
+    with pytest.raises(ValueError, match="renormalize applies to local-p"):
+        LocalAttention(query_dim=2, key_dim=2, mode="monotonic", window=2, renormalize=True)
 
 
 def test_local_m_window_follows_the_target_position_and_stops_at_the_source_end():
@@ -206,7 +237,11 @@ def test_beam_logprob_equals_forced_decoding(variant):
         for h, f in zip(hyps, forced.tolist()):
             assert abs(h.logprob - f) < 1e-4
             assert h.attention.shape == (len(h.tokens) + 1, len(src) + 1)
-            torch.testing.assert_close(h.attention.sum(-1), torch.ones(len(h.tokens) + 1), atol=1e-5, rtol=0)
+            rows = h.attention.sum(-1)
+            if variant == "luong_local_p":  # the paper's Gaussian weighting: at most 1
+                assert torch.all(rows > 0) and torch.all(rows <= 1 + 1e-6)
+            else:
+                torch.testing.assert_close(rows, torch.ones(len(h.tokens) + 1), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("strategy,beam", [("beam", 4), ("greedy", 1)])
@@ -227,7 +262,7 @@ def test_sentence_alone_equals_sentence_in_padded_batch(variant, strategy, beam)
 def test_incompatible_pairings_are_refused_clearly():
     transformer = rnn_config("bahdanau")
     transformer["decoder"] = group("decoder", "transformer", layers=1, heads=4, ffn_dim=64)
-    with pytest.raises(ValueError, match="multi-head cross-attention"):
+    with pytest.raises(ValueError, match="model/decoder=transformer cannot use model/attention=bahdanau"):
         build_model(transformer, VOCAB, VOCAB)
     feeding = rnn_config("bahdanau")
     feeding["decoder"]["input_feeding"] = True

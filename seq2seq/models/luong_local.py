@@ -6,10 +6,10 @@ local-p (mode=predictive) predicts p_t = S * sigmoid(v_p^T tanh(W_p h_t)), S the
 source length, and weights the window with a Gaussian exp(-(s - p_t)^2 / (2 sigma^2)),
 sigma = D / 2, which is what lets p_t learn (the window edges have no gradient).
 
-Unlike the paper, the Gaussian-weighted alignments are renormalized over the window
-(softmax(score + log gaussian)), so that the weights stay a distribution like every
-other attention here: the context is a convex combination of source states and the
-weights can be compared and plotted across attention types.
+By default local-p follows the paper exactly: a_t(s) = softmax_window(score)(s) * gaussian(s),
+so its weights sum to less than 1 (the context is shrunk towards zero when p_t sits off the
+best-scoring position). renormalize=true divides by that sum instead (softmax(score + log
+gaussian)), keeping the weights a distribution like every other attention here.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ class LocalAttention(nn.Module):
     query_timing = "current"
 
     def __init__(self, query_dim: int, key_dim: int, mode: str = "predictive", window: int = 10,
-                 score: str = "general", hidden_dim: int = 0):
-        """window: D, the half-width of the window (>= 1); hidden_dim: size of W_p (0 = query_dim)."""
+                 score: str = "general", hidden_dim: int = 0, renormalize: bool = False):
+        """window: D, the half-width of the window (>= 1); hidden_dim: size of W_p (0 = query_dim);
+        renormalize: local-p only, make the Gaussian-weighted weights sum to 1 (not in the paper)."""
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"model.attention.mode must be monotonic (local-m) or predictive (local-p), not '{mode}'")
@@ -35,7 +36,9 @@ class LocalAttention(nn.Module):
             raise ValueError(f"model.attention.window (D) must be at least 1, got {window}")
         if mode == "monotonic" and hidden_dim:
             raise ValueError("model.attention.hidden_dim sizes local-p's position predictor; local-m has none")
-        self.mode, self.window = mode, window
+        if mode == "monotonic" and renormalize:
+            raise ValueError("model.attention.renormalize applies to local-p's Gaussian weighting; local-m has none")
+        self.mode, self.window, self.renormalize = mode, window, renormalize
         self.sigma = window / 2.0
         self.scorer = LuongScore(score, query_dim, key_dim)
         if mode == "predictive":
@@ -59,7 +62,13 @@ class LocalAttention(nn.Module):
         offset = torch.arange(keys.size(1), device=keys.device, dtype=torch.float)[None] - p[:, None]  # s - p_t
         outside = offset.abs().gt(self.window) | padding_mask
         scores = self.scorer(query, projected).float()
-        if self.mode == "predictive":
-            scores = scores - offset.square() / (2 * self.sigma**2)
-        weights = masked_softmax(scores, outside).to(keys.dtype)
+        if self.mode == "monotonic":
+            weights = masked_softmax(scores, outside)
+        else:
+            log_gaussian = -offset.square() / (2 * self.sigma**2)
+            if self.renormalize:
+                weights = masked_softmax(scores + log_gaussian, outside)
+            else:
+                weights = masked_softmax(scores, outside) * log_gaussian.exp()
+        weights = weights.to(keys.dtype)
         return torch.bmm(weights[:, None], keys)[:, 0], weights

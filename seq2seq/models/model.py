@@ -89,6 +89,21 @@ def construct(group: str, node: dict, **given):
         raise
 
 
+def check_pairing(decoder: dict, attention: dict) -> None:
+    """Refuse an attention the decoder cannot use before any of their keys is looked at.
+
+    A decoder class may declare accepted_attention (a class); a recipe's leftover keys for
+    another attention would otherwise fail first with a less helpful "unexpected keyword".
+    """
+    accepted = getattr(_import(decoder["_target_"]), "accepted_attention", None)
+    if accepted is not None and not issubclass(_import(attention["_target_"]), accepted):
+        raise ValueError(
+            f"model/decoder={decoder.get('name', decoder['_target_'])} cannot use "
+            f"model/attention={attention.get('name', attention['_target_'])}: it needs {accepted.__name__} "
+            f"(model/attention=multihead); RNN decoders (model/decoder=rnn) take every attention type"
+        )
+
+
 def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int) -> EncoderDecoder:
     """Embeddings, encoder, decoder with its attention, and output layer, from the resolved model config."""
     from seq2seq.models.embeddings import TokenEmbedding
@@ -101,6 +116,7 @@ def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int) -> EncoderD
     src_embed = TokenEmbedding(src_vocab_size, dim)
     tgt_embed = src_embed if share else TokenEmbedding(tgt_vocab_size, dim)
     common = {"embed_dim": dim, "max_positions": cfg["max_positions"]}
+    check_pairing(cfg["decoder"], cfg["attention"])
     encoder = construct("model.encoder", cfg["encoder"], embed=src_embed, **common)
     attention = functools.partial(construct, "model.attention", cfg["attention"])
     decoder = construct("model.decoder", cfg["decoder"], embed=tgt_embed, attention=attention,

@@ -160,6 +160,8 @@ class TransformerState:
 
 
 class TransformerDecoder(nn.Module):
+    accepted_attention = MultiHeadAttention  # its layers call the memory's keys/values per head
+
     def __init__(self, embed: nn.Module, embed_dim: int, max_positions: int, attention, layers: int = 6,
                  heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1, attention_dropout: float = 0.0,
                  activation_dropout: float = 0.0, pre_norm: bool = True, encoder_dim: int | None = None):
