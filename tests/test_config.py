@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import REPO
 from seq2seq.config import config_dir, to_dict
 from seq2seq.models.model import build_model
 
@@ -53,3 +54,11 @@ def test_shared_embeddings_need_a_joint_vocabulary():
     cfg = composed()
     with pytest.raises(ValueError, match="joint vocabulary"):
         build_model(to_dict(cfg.model), 100, 120)
+
+
+def test_every_config_group_folder_ships_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"seq2seq.conf." + ".".join(d.relative_to(REPO / "conf").parts)
+               for d in (REPO / "conf").rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
+    assert folders - listed == set(), "add these config groups to [tool.setuptools] packages in pyproject.toml"
