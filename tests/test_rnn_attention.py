@@ -91,40 +91,38 @@ def check_distribution(weights: torch.Tensor, padding_mask: torch.Tensor) -> Non
 
 # ---------------------------------------------------------------- attention weights and masks
 def attention_over_ragged_batch(variant: str, **attention_keys):
-    """(model, src, prev, encoder output, weights [B,12,S]) of a fresh model teacher-forced on a ragged batch."""
+    """(src, weights [B,12,S]) of a fresh model teacher-forced on a ragged batch; step-by-step
+    decoding must give the same weights."""
     torch.manual_seed(0)
     model = build_model(rnn_config(variant, bridge="learned", **attention_keys), VOCAB, VOCAB).eval()
     src = pad_source(ragged_batch())
     prev = torch.randint(4, VOCAB, (src.size(0), 12))
-    enc = model.encode(src)
-    _, weights = model.decoder(prev, enc, need_attention=True)
-    assert weights.shape == (src.size(0), 12, src.size(1))
-    return model, src, prev, enc, weights
+    with torch.no_grad():
+        enc = model.encode(src)
+        _, weights = model.decoder(prev, enc, need_attention=True)
+        assert weights.shape == (src.size(0), 12, src.size(1))
+        state = model.init_state(enc, need_attention=True)
+        for t in range(12):
+            _, state, step_weights = model.step(prev[:, t], state)
+            torch.testing.assert_close(step_weights, weights[:, t], atol=1e-5, rtol=0)
+    return src, weights
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_weights_are_distributions_over_real_positions(variant):
     # local-p as in the paper sums to less than 1 (next test); renormalized, it is a distribution
     keys = {"renormalize": True} if variant == "luong_local_p" else {}
-    model, src, prev, enc, weights = attention_over_ragged_batch(variant, **keys)
+    src, weights = attention_over_ragged_batch(variant, **keys)
     check_distribution(weights, src.eq(PAD))
-    state = model.init_state(enc, need_attention=True)
-    for t in range(12):  # step-by-step decoding gives the same weights as teacher forcing
-        _, state, step_weights = model.step(prev[:, t], state)
-        torch.testing.assert_close(step_weights, weights[:, t], atol=1e-5, rtol=0)
 
 
 def test_local_p_as_in_the_paper_is_zero_on_padding_and_sums_to_at_most_one():
-    model, src, prev, enc, weights = attention_over_ragged_batch("luong_local_p")
+    src, weights = attention_over_ragged_batch("luong_local_p")
     padding = src.eq(PAD)[:, None, :].expand_as(weights)
     assert torch.all(weights[padding] == 0.0) and torch.all(weights >= 0)
-    sums = weights.detach().sum(-1)
+    sums = weights.sum(-1)
     assert torch.all(sums <= 1 + 1e-6) and torch.all(sums > 0)
     assert float(sums.min()) < 0.99  # the Gaussian really shrinks some rows: not secretly renormalized
-    state = model.init_state(enc, need_attention=True)
-    for t in range(12):
-        _, state, step_weights = model.step(prev[:, t], state)
-        torch.testing.assert_close(step_weights, weights[:, t], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -160,7 +160,7 @@ class TransformerState:
 
 
 class TransformerDecoder(nn.Module):
-    accepted_attention = MultiHeadAttention  # its layers call the memory's keys/values per head
+    accepted_attention = MultiHeadAttention  # build_model refuses any other (models/model.py: check_pairing)
 
     def __init__(self, embed: nn.Module, embed_dim: int, max_positions: int, attention, layers: int = 6,
                  heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1, attention_dropout: float = 0.0,
@@ -170,11 +170,6 @@ class TransformerDecoder(nn.Module):
         self.dropout = Dropout(dropout)
         encoder_dim = encoder_dim or embed_dim
         cross = [attention(query_dim=embed_dim, key_dim=encoder_dim) for _ in range(layers)]
-        if not all(isinstance(c, MultiHeadAttention) for c in cross):
-            raise ValueError(
-                f"the Transformer decoder needs multi-head cross-attention (model/attention=multihead), "
-                f"not {type(cross[0]).__name__}; RNN decoders take the other attention types"
-            )
         self.layers = nn.ModuleList(
             DecoderLayer(embed_dim, heads, ffn_dim, dropout, attention_dropout, activation_dropout, pre_norm, c)
             for c in cross
