@@ -50,6 +50,33 @@ def read_lines(path: str) -> list[str]:
     return _decode_lines(file.read_bytes(), str(path))
 
 
+def read_documents(path: str, field: str | None = None) -> list[str]:
+    """One document per input: the lines of a text file, or with field set the string field of each
+    line of a JSON Lines file (stdin for '-'). Errors name the file and the line."""
+    lines = read_lines(path)
+    if not field:
+        return lines
+    import json
+
+    name = "<stdin>" if path == "-" else path
+    docs = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise DataError(f"{name}, line {number}: empty line in a JSON Lines file")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{name}, line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict) or field not in record:
+            fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{name}, line {number}: no field '{field}' (found: {fields})")
+        value = record[field]
+        if not isinstance(value, str):
+            raise DataError(f"{name}, line {number}: field '{field}' is {type(value).__name__}, not a string")
+        docs.append(value)
+    return docs
+
+
 def read_parallel_text(src_path: str, tgt_path: str) -> ParallelCorpus:
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
