@@ -1,7 +1,13 @@
-"""`seq2seq-decode run=<run folder> input=<file|-> output=<file|-> [generation.beam_size=5 ...]`.
+"""`seq2seq-decode run=<run folder> input=<file|-> output=<file|-> [input_field=<field>] [generation.beam_size=5 ...]`.
 
-Writes one detokenized hypothesis per input line, in input order (empty lines stay
-empty lines); with generation.nbest=N, N lines per input: index, score, hypothesis.
+Writes one detokenized hypothesis per input document, in input order (empty inputs give
+empty lines; a line break inside an output becomes a space); with generation.nbest=N, N
+lines per input: index, score, hypothesis. The input is one document per line, or with
+input_field=<name> a JSON Lines file whose field <name> holds the document (line breaks
+inside it are kept). Generation settings default to those the run was trained with
+(config.yaml's generation, e.g. a summarization recipe's lengths and penalties); each
+generation.<key>=<value> on the command line overrides one, and generation=<greedy|sampling|beam>
+takes that group's search (strategy, beam_size, nbest, temperature, top_k, top_p).
 generation.print_alignment=true adds a tab-separated column of hard alignments, and
 attention=<folder> writes heatmaps and raw attention weights (seq2seq.visualize).
 """
@@ -36,7 +42,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device=None):
     if "model" not in state or "model_config" not in state:
         raise CheckpointError(f"{path} is not a seq2seq checkpoint (no model weights or model config)")
     tokenizer = Tokenizer.load(run / "tokenizer")
-    model = build_model(state["model_config"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    model = build_model(state["model_config"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint)
     load_model_state(model, state["model"], path)
     model.to(device or torch.device("cpu")).eval()
     return model, tokenizer, path
@@ -55,35 +61,73 @@ def write_output(path: str, lines: list[str]) -> None:
     tmp.replace(out)
 
 
+SEARCH_KEYS = ("strategy", "beam_size", "nbest", "temperature", "top_k", "top_p")  # what a generation=<group> sets
+
+
+def generation_settings(composed: dict, run: str | Path, overrides: list[str]) -> dict:
+    """The run's saved generation settings, overridden by what the command line set: each
+    generation.<key>=<value>, and the SEARCH_KEYS of a generation=<group> choice. A run folder
+    without saved settings (or without some key) falls back to the composed defaults."""
+    from omegaconf import OmegaConf
+
+    saved_file = Path(run) / "config.yaml"
+    saved = {}
+    if saved_file.is_file():
+        saved = OmegaConf.to_container(OmegaConf.load(saved_file)).get("generation") or {}
+    settings = {k: saved.get(k, v) for k, v in composed.items()}
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+        if key == "generation":
+            settings.update({k: composed[k] for k in SEARCH_KEYS})
+        elif key.startswith("generation."):
+            name = key.split(".", 1)[1]
+            settings[name] = composed[name]
+    return settings
+
+
+def _command_line_overrides(generation: dict) -> list[str]:
+    """What the command line set; called without Hydra (from Python), every generation key counts as set."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return [f"generation.{key}" for key in generation]
+
+
 def decode(cfg: DictConfig) -> list[str]:
     from tqdm import tqdm
 
-    from seq2seq.data.corpus import read_lines
+    from seq2seq.data.corpus import read_documents
     from seq2seq.generation.decoding import decode_ids
     from seq2seq.generation.search import GenerationOptions
+    from seq2seq.models.model import AttentionChoice
 
     setup_logging()
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    opts = GenerationOptions(**to_dict(cfg.generation))
-    lines = read_lines(cfg.input)
+    composed = to_dict(cfg.generation)
+    settings = generation_settings(composed, cfg.run, _command_line_overrides(composed))
+    opts = GenerationOptions(**settings)
+    lines = read_documents(cfg.input, cfg.input_field)
     model, tokenizer, path = load_run(cfg.run, cfg.checkpoint, device)
-    log.info("decoding %d lines with %s (%s, beam %d)", len(lines), path, opts.strategy, opts.beam_size)
+    need_attention = bool(cfg.attention) or opts.print_alignment
+    if need_attention:
+        model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
+    log.info("decoding %d documents with %s (%s)", len(lines), path,
+             ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("print_alignment",)))
     start = time.time()
     src_ids = tokenizer.encode_src(lines)
-    need_attention = bool(cfg.attention) or opts.print_alignment
-    select_attention(model, opts.attention_layer, opts.attention_head)
     with tqdm(total=len(lines), unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         results = decode_ids(model, src_ids, opts, batch_tokens=cfg.batch_tokens, device=device,
                              need_attention=need_attention, progress=bar)
     if opts.nbest == 1:
-        out = tokenizer.decode_tgt([hyps[0].tokens for hyps in results])
+        out = [one_line(t) for t in tokenizer.decode_tgt([hyps[0].tokens for hyps in results])]
         if opts.print_alignment:
             out = [f"{text}\t{alignment_column(hyps[0])}" for text, hyps in zip(out, results)]
     else:
         out = []
         for i, hyps in enumerate(results):
-            texts = tokenizer.decode_tgt([h.tokens for h in hyps])
+            texts = [one_line(t) for t in tokenizer.decode_tgt([h.tokens for h in hyps])]
             for h, t in zip(hyps, texts):
                 out.append(f"{i}\t{h.score:.4f}\t{t}" + (f"\t{alignment_column(h)}" if opts.print_alignment else ""))
     seconds = time.time() - start
@@ -95,13 +139,9 @@ def decode(cfg: DictConfig) -> list[str]:
     return out
 
 
-def select_attention(model, layer: int, head: int) -> None:
-    """Point the decoder at the attention layer/head to report; decoders that cannot choose refuse other values."""
-    if hasattr(model.decoder, "select_attention"):
-        model.decoder.select_attention(layer, head)
-    elif (layer, head) != (-1, -1):
-        raise ValueError(f"{type(model.decoder).__name__} cannot select an attention layer or head; "
-                         f"leave generation.attention_layer and attention_head at -1")
+def one_line(text: str) -> str:
+    """An output on one line: line breaks (a summary's separator pieces) become spaces."""
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
 
 
 def alignment_column(hyp) -> str:

@@ -63,14 +63,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         data = prepare_data(data_cfg, to_dict(cfg.tokenizer), seed=cfg.seed)
     _check_same_tokenizer(data.tokenizer, dist)
     data.train = filter_training_pairs(data.train, min(data_cfg["max_src_len"], cfg.model.max_positions),
-                                       min(data_cfg["max_tgt_len"], cfg.model.max_positions))
+                                       min(data_cfg["max_tgt_len"], cfg.model.max_positions),
+                                       data_cfg.get("long_pairs", "drop"))
     if dist.is_main:
         data.tokenizer = data.tokenizer.save(run_dir / "tokenizer")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model_cfg = to_dict(cfg.model)
-    model = build_model(model_cfg, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
+    model = build_model(model_cfg, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size,
+                        data.tokenizer.joint).to(device)
     params = sum(p.numel() for p in model.parameters())
     log.info("model: %s encoder, %s decoder, %.2fM parameters, vocabulary %d/%d, %d training pairs",
              cfg.model.encoder.name, cfg.model.decoder.name, params / 1e6, data.tokenizer.src_vocab_size,

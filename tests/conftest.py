@@ -50,7 +50,7 @@ def train_toy_model(model, steps: int = 400, batch_size: int = 64, lr: float = 2
     for step in range(steps):
         chunk = data[step * batch_size : (step + 1) * batch_size]
         batch = collate([s for s, _ in chunk], [t for _, t in chunk], list(range(len(chunk))))
-        loss, _ = model(batch.src, batch.prev_tokens, batch.target)
+        loss = model(batch.src, batch.prev_tokens, batch.target).loss
         optimizer.zero_grad()
         (loss / batch.ntokens).backward()
         optimizer.step()

@@ -77,25 +77,6 @@ def test_decode_refuses_a_corrupt_checkpoint(trained_run, tmp_path):
     assert "cannot read checkpoint" in proc.stderr and "truncated, corrupt" in proc.stderr
 
 
-def test_score_prints_signatures_and_writes_json(tmp_path):
-    _, refs = toy_corpus_lines(30, seed=4)
-    hyps = list(refs)
-    hyps[0] = "SOMETHING ELSE ENTIRELY"
-    (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n")
-    (tmp_path / "hyp.txt").write_text("\n".join(hyps) + "\n")
-    proc = run_cli("score", f"hyp={tmp_path / 'hyp.txt'}", f"ref={tmp_path / 'ref.txt'}",
-                   "metrics=[bleu,chrf,ter,rouge]", f"json={tmp_path / 's.json'}")
-    assert "BLEU = " in proc.stdout and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in proc.stdout
-    assert "chrF2 = " in proc.stdout and "TER = " in proc.stdout and "ROUGE-1 = " in proc.stdout
-    scores = json.loads((tmp_path / "s.json").read_text())
-    assert 80 < scores["bleu"]["score"] < 100
-    same = run_cli("score", f"hyp={tmp_path / 'ref.txt'}", f"ref={tmp_path / 'ref.txt'}", "metrics=[bleu]")
-    assert "BLEU = 100.00" in same.stdout
-    (tmp_path / "short.txt").write_text("one line\n")
-    bad = run_cli("score", f"hyp={tmp_path / 'short.txt'}", f"ref={tmp_path / 'ref.txt'}", check=False)
-    assert bad.returncode != 0 and "has 1 lines but" in bad.stderr
-
-
 def test_unknown_key_help_and_cfg_job():
     bad = run_cli("train", "trainer.max_step=5", check=False)
     assert bad.returncode != 0 and "max_step" in bad.stderr

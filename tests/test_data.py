@@ -1,15 +1,21 @@
 """Reading corpora, SentencePiece and its cache, batching: behaviour and error messages."""
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
+import types
 
 import pytest
 
-from conftest import write_corpus
+from conftest import REPO, toy_corpus_lines, write_corpus
 from seq2seq.data.batching import bucket_batches, collate, shard
-from seq2seq.data.corpus import DataError, load_split, read_lines, read_parallel_text
-from seq2seq.data.prepare import EncodedSplit, filter_training_pairs, prepare_data
-from seq2seq.data.tokenizer import BOS, EOS, PAD
+from seq2seq.data.corpus import DataError, load_split, read_documents, read_lines, read_parallel_text, read_tsv
+from seq2seq.data.prepare import CORPUS_KEYS, DATA_KEYS, EncodedSplit, filter_training_pairs, prepare_data
+from seq2seq.data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, build_tokenizer
+
+TOK_OPTIONS = dict(model_type="unigram", character_coverage=1.0, max_sentences=10000)
 
 
 def test_missing_file_is_named(tmp_path):
@@ -47,12 +53,193 @@ def test_jsonl_fields_and_a_missing_field(tmp_path):
         load_split("train", src="document", tgt="summary", **args)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b'{"dialogue": "a", "summary": "b"}\n{"dialogue": "c", "summary": }\n', r"x\.jsonl, line 2: not valid JSON"),
+    (b'{"dialogue": "a", "summary": "b"}\n{"dialogue": "c"}\n',
+     r"x\.jsonl, line 2: no field 'summary' \(found: dialogue\)"),
+    (b'{"dialogue": "a", "summary": null}\n', r"x\.jsonl, line 1: field 'summary' is null, not a string"),
+    (b'{"dialogue": "a", "summary": "b"}\n["c", "d"]\n', r"x\.jsonl, line 2: a JSON list, not an object"),
+    (b'{"dialogue": "a", "summary": "b"}\n\n{"dialogue": "c", "summary": "d"}\n', r"x\.jsonl, line 2: empty line"),
+    (b'{"dialogue": "a", "summary": "b"}\n{"dialogue": "\xff", "summary": "d"}\n',
+     r"x\.jsonl, line 2: invalid UTF-8 \(invalid start byte at byte 14\)"),
+])
+def test_jsonl_errors_name_the_file_and_line(tmp_path, content, message):
+    (tmp_path / "x.jsonl").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_split("train", root=str(tmp_path), path=".", format="jsonl", src="dialogue", tgt="summary",
+                   splits={"train": "x"})
+
+
+def test_jsonl_one_field_and_two_fields_read_the_same(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"d": "A: hi\\nB: yo", "s": "NA", "id": 1}\n{"d": "", "s": "null"}\n')
+    corpus = load_split("train", root=str(tmp_path), path=".", format="jsonl", src="d", tgt="s", splits={"train": "x"})
+    assert corpus.src == read_documents(str(tmp_path / "x.jsonl"), "d") == ["A: hi\nB: yo", ""]
+    assert corpus.tgt == ["NA", "null"]
+
+
+def test_tsv_cells_are_kept_verbatim(tmp_path):
+    (tmp_path / "train.tsv").write_text('id\tdocument\tsummary\n1\tNA\tnull\n2\t\tN/A\n'
+                                        '3\t"A: hi\nB: ""yo"""\tnan\n4\tsays "hi" twice\tNone\n')
+    corpus = load_split("train", root=str(tmp_path), path=".", format="tsv", src="document", tgt="summary",
+                        splits={"train": "train"})
+    assert corpus.src == ["NA", "", 'A: hi\nB: "yo"', 'says "hi" twice']
+    assert corpus.tgt == ["null", "N/A", "nan", "None"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("document\tsummary\na\tb\nc\n", r"x\.tsv, line 3: 1 cells, the header row has 2"),
+    ("doc\tsummary\na\tb\n", r"x\.tsv, line 1: no column 'document' in the header row \(doc, summary\)"),
+    ("document\tsummary\na\tb\n\"c\" d\te\n", r"x\.tsv, line 3: not valid TSV"),
+    ("", r"x\.tsv: empty file \(a TSV corpus needs a header row"),
+])
+def test_tsv_errors_name_the_file_and_line(tmp_path, content, message):
+    (tmp_path / "x.tsv").write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_tsv(str(tmp_path / "x.tsv"), "document", "summary")
+
+
+def test_hub_config_and_revision_reach_load_dataset(monkeypatch):
+    calls = []
+
+    class FakeDataset(dict):
+        column_names = property(lambda self: list(self))
+
+    def load_dataset(hub_id, **kwargs):
+        calls.append((hub_id, kwargs))
+        return FakeDataset(dialogue=["A: hi", None], summary=["greeting", "nothing"])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    corpus = load_split("valid", root=None, path="samsum", format="jsonl", src="dialogue", tgt="summary",
+                        splits={"valid": "validation"}, hub_id="someone/samsum", hub_splits={"valid": "val"},
+                        hub_config="plain", hub_revision="v1.0")
+    assert calls == [("someone/samsum", {"name": "plain", "revision": "v1.0", "split": "val"})]
+    assert corpus.src == ["A: hi", ""] and corpus.tgt == ["greeting", "nothing"]
+
+
+def compose_train(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from seq2seq.config import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
+def test_every_data_config_has_exactly_the_keys_the_code_reads(name):
+    assert set(compose_train(f"data={name}").data) == set(DATA_KEYS)
+
+
+def test_an_unknown_data_key_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown data setting.*data.max_source_len"):
+        prepare_data({"root": str(tmp_path), "max_source_len": 9, "cache_dir": str(tmp_path)}, {})
+    with pytest.raises(ValueError, match="data.long_pairs must be one of truncate, drop, not 'clip'"):
+        prepare_data({"root": str(tmp_path), "long_pairs": "clip", "cache_dir": str(tmp_path)}, {})
+
+
+SHARED_DATA = os.environ.get("SEQ2SEQ_DATA") or str(REPO.parent / "shared" / "data")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "samsum")), reason="no samsum copy (SEQ2SEQ_DATA)")
+def test_samsum_config_reads_the_local_copy():
+    from seq2seq.config import to_dict
+
+    data = to_dict(compose_train("data=samsum", f"data.root={SHARED_DATA}").data)
+    assert (data["format"], data["long_pairs"], data["max_src_len"], data["max_tgt_len"]) == \
+        ("jsonl", "truncate", 512, 96)
+    train = load_split("train", **{k: data[k] for k in CORPUS_KEYS})
+    assert len(train) == 14_731 and "\n" in train.src[0] and train.tgt[0]
+
+
+def dialogues(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Two- to four-turn toy dialogues (turns separated by newlines) and one-line 'summaries'."""
+    src, tgt = toy_corpus_lines(n, seed)
+    turns = [f"{'AB'[i % 2]}: {s}" for i, s in enumerate(src)]
+    return ["\n".join(turns[i : i + 2 + i % 3]) for i in range(n)], tgt
+
+
+def test_newline_piece_is_one_piece_that_decodes_to_a_newline(tmp_path):
+    src, tgt = dialogues(400, 1)
+    tok = build_tokenizer(src, tgt, tmp_path / "tok", joint=True, newline_piece="<nl>", vocab_size=80, **TOK_OPTIONS)
+    dialogue = "A: the cat sees a dog\nB: a red house"
+    ids = tok.encode_src([dialogue])[0]
+    first, second = tok.encode_src(dialogue.split("\n"))
+    assert ids == first + [tok.src.piece_to_id("<nl>")] + second  # one piece per break; each turn as if alone
+    assert UNK not in ids
+    target_ids = tok.encode_tgt([dialogue])[0]
+    assert tok.decode_tgt([target_ids]) == [dialogue]
+    # blanks before a break are normalised away, like any repeated whitespace; breaks themselves are kept
+    assert tok.decode_tgt(tok.encode_tgt(["\nA: the  cat \n\nB: a dog\n"])) == ["\nA: the cat\n\nB: a dog\n"]
+    # the settings travel with a saved tokenizer; a folder without tokenizer.json is an older one: both off
+    saved = Tokenizer.load(tok.save(tmp_path / "run" / "tokenizer").src_model_path.parent)
+    assert saved.settings == {"newline_piece": "<nl>", "byte_fallback": False}
+    assert saved.decode_tgt([target_ids]) == [dialogue]
+    (tmp_path / "run" / "tokenizer" / "tokenizer.json").unlink()
+    assert Tokenizer.load(tmp_path / "run" / "tokenizer").settings == {"newline_piece": None, "byte_fallback": False}
+    with pytest.raises(ValueError, match="has no piece '<br>'"):
+        Tokenizer(tok.src_model_path, tok.tgt_model_path, newline_piece="<br>")
+
+
+def test_without_newline_piece_a_newline_is_a_space(tmp_path):
+    src, tgt = dialogues(400, 1)
+    tok = build_tokenizer(src, tgt, tmp_path / "tok", joint=True, vocab_size=80, **TOK_OPTIONS)
+    assert tok.decode_tgt(tok.encode_tgt(["A: a cat\nB: a dog"])) == ["A: a cat B: a dog"]
+
+
+def test_byte_fallback_encodes_unseen_characters_exactly(tmp_path):
+    src, tgt = toy_corpus_lines(400, 1)
+    text = "the cat sees 😀 and 漢字, ß and é"
+    plain = build_tokenizer(src, tgt, tmp_path / "plain", joint=True, vocab_size=80, **TOK_OPTIONS)
+    assert UNK in plain.encode_src([text])[0]
+    tok = build_tokenizer(src, tgt, tmp_path / "bytes", joint=True, byte_fallback=True, vocab_size=400,
+                          **TOK_OPTIONS)
+    ids = tok.encode_tgt([text])[0]
+    assert UNK not in ids and tok.decode_tgt([ids]) == [text]
+    assert json.loads((tmp_path / "bytes" / "tokenizer.json").read_text())["byte_fallback"] is True
+
+
+def test_prepare_passes_the_tokenizer_options_through(tmp_path):
+    folder = tmp_path / "dialogues"
+    folder.mkdir()
+    for split, n, seed in (("train", 300, 1), ("valid", 20, 2)):
+        src, tgt = dialogues(n, seed)
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"d": s, "s": t}) + "\n" for s, t in zip(src, tgt)))
+    data_cfg = dict(root=str(tmp_path), path="dialogues", format="jsonl", src="d", tgt="s",
+                    splits={"train": "train", "valid": "valid"}, cache_dir=str(tmp_path / "cache"))
+    tok_cfg = dict(joint=False, vocab_size=80, newline_piece="<nl>", byte_fallback=False, **TOK_OPTIONS)
+    data = prepare_data(data_cfg, tok_cfg)
+    newline = data.tokenizer.src.piece_to_id("<nl>")
+    assert data.tokenizer.newline_piece == "<nl>" and data.tokenizer.tgt.piece_to_id("<nl>") != UNK
+    assert [ids.count(newline) for ids in data.train.src] == [text.count("\n") for text in data.train.src_text]
+    assert "\n" in data.valid.src_text[0]  # the texts stay as read
+    cached = prepare_data(data_cfg, tok_cfg)
+    assert cached.tokenizer.settings == data.tokenizer.settings and cached.train.src == data.train.src
+
+
 def test_filtering_counts_empty_and_long_pairs(caplog):
     split = EncodedSplit([[5], [], [5] * 50, [6, 7]], [[5], [5], [5], []], ["a", "", "x", "b"], ["a", "b", "c", ""])
     with caplog.at_level(logging.WARNING):
         kept = filter_training_pairs(split, max_src_len=10, max_tgt_len=10)
     assert kept.src == [[5]]
     assert "dropped 2 pairs with an empty side and 1 longer than 10/10" in caplog.text
+
+
+def test_long_pairs_truncate_cuts_and_counts_and_drop_drops(caplog):
+    split = EncodedSplit([[5] * 30, [6] * 3, [7] * 4, []], [[8] * 2, [9] * 20, [4] * 2, [5]],
+                         ["long source", "long target", "short", ""], ["a", "b", "c", "d"])
+    with caplog.at_level(logging.WARNING):
+        kept = filter_training_pairs(split, max_src_len=10, max_tgt_len=8, long_pairs="truncate")
+    assert [len(s) for s in kept.src] == [9, 3, 4] and [len(t) for t in kept.tgt] == [2, 7, 2]  # + EOS = the limits
+    assert kept.src_text == ["long source", "long target", "short"] and kept.tgt_text == ["a", "b", "c"]
+    assert "truncated 1 sources to 10 and 1 targets to 8 subwords" in caplog.text
+    assert "dropped 1 pairs with an empty side and 0 longer" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        dropped = filter_training_pairs(split, max_src_len=10, max_tgt_len=8, long_pairs="drop")
+    assert dropped.src == [[7] * 4] and "truncated" not in caplog.text
+    assert "dropped 1 pairs with an empty side and 2 longer than 10/8" in caplog.text
+    with pytest.raises(ValueError, match="data.long_pairs must be one of truncate, drop, not 'cut'"):
+        filter_training_pairs(split, 10, 8, long_pairs="cut")
 
 
 def test_batches_respect_the_token_budget_and_cover_every_pair():

@@ -281,20 +281,21 @@ def test_fp16_needs_cuda(corpus, tmp_path):
 
 
 def test_fused_loss_under_autocast_keeps_fp32_loss_and_weight_gradient():
+    from seq2seq.models.model import DecoderOut, OutputSizes
     from seq2seq.models.output import OutputLayer
 
     torch.manual_seed(0)
-    layer = OutputLayer(16, 50, chunk=7)
+    layer = OutputLayer(OutputSizes(16, 16, 16, 50, True), chunk=7)
     features = torch.randn(20, 16, requires_grad=True)
     target = torch.randint(0, 50, (20,))
-    reference, _ = layer.loss(features, target, 0.1)
+    reference, _ = layer.loss(DecoderOut(features), None, target, 0.1)
     reference.backward()
     expected = features.grad.clone(), layer.weight.grad.clone()
     for dtype in (torch.float32, torch.bfloat16):  # features from an fp32 or a bf16 op
         layer.weight.grad = None
         x = features.detach().to(dtype).requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, nll = layer.loss(x, target, 0.1)
+            loss, nll = layer.loss(DecoderOut(x), None, target, 0.1)
         loss.backward()
         assert loss.dtype == nll.dtype == torch.float32
         assert x.grad.dtype == dtype and layer.weight.grad.dtype == torch.float32

@@ -46,8 +46,8 @@ def _poison_losses(trainer, bad_calls: set[int] | None):
     layer, real = trainer.model.output_layer, trainer.model.output_layer.loss
     calls = [0]
 
-    def loss(features, target, smoothing):
-        out = real(features, target, smoothing)
+    def loss(rows, src_rows, target, smoothing):
+        out = real(rows, src_rows, target, smoothing)
         if torch.is_grad_enabled():
             calls[0] += 1
             if bad_calls is None or calls[0] in bad_calls:

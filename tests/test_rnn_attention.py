@@ -17,7 +17,7 @@ from seq2seq.data.batching import collate, pad_source
 from seq2seq.data.tokenizer import EOS, PAD
 from seq2seq.generation.search import GenerationOptions, generate
 from seq2seq.models.luong_local import LocalAttention
-from seq2seq.models.model import build_model
+from seq2seq.models.model import AttentionChoice, build_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VOCAB = 4 + TOY_SYMBOLS
@@ -99,9 +99,9 @@ def attention_over_ragged_batch(variant: str, **attention_keys):
     prev = torch.randint(4, VOCAB, (src.size(0), 12))
     with torch.no_grad():
         enc = model.encode(src)
-        _, weights = model.decoder(prev, enc, need_attention=True)
+        weights = model.decoder(prev, enc, AttentionChoice()).attention
         assert weights.shape == (src.size(0), 12, src.size(1))
-        state = model.init_state(enc, need_attention=True)
+        state = model.init_state(enc, AttentionChoice())
         for t in range(12):
             _, state, step_weights = model.step(prev[:, t], state)
             torch.testing.assert_close(step_weights, weights[:, t], atol=1e-5, rtol=0)
@@ -297,22 +297,22 @@ def test_transformer_attention_layer_and_head_selection():
     enc = model.encode(src)
     per_head = []
     for head in range(4):
-        model.decoder.select_attention(layer=0, head=head)
-        per_head.append(model.decoder(prev, enc, need_attention=True)[1])
-        state = model.init_state(enc, need_attention=True)
+        choice = AttentionChoice(layer=0, head=head)
+        per_head.append(model.decoder(prev, enc, choice).attention)
+        state = model.init_state(enc, choice)
         _, _, first = model.step(prev[:, 0], state)
         torch.testing.assert_close(first, per_head[-1][:, 0], atol=1e-5, rtol=0)
-    model.decoder.select_attention(layer=0, head=-1)
-    mean = model.decoder(prev, enc, need_attention=True)[1]
+    mean = model.decoder(prev, enc, AttentionChoice(layer=0, head=-1)).attention
     torch.testing.assert_close(mean, torch.stack(per_head).mean(0), atol=1e-6, rtol=0)
     check_distribution(mean, src.eq(PAD))
-    model.decoder.select_attention()
-    last = model.decoder(prev, enc, need_attention=True)[1]
+    last = model.decoder(prev, enc, AttentionChoice()).attention
     assert not torch.allclose(last, mean)
-    with pytest.raises(ValueError, match="attention_layer=2"):
-        model.decoder.select_attention(layer=2)
-    with pytest.raises(ValueError, match="attention_head=4"):
-        model.decoder.select_attention(head=4)
+    # the choice travels with the call and the state: nothing is left set on the module
+    assert model.decoder(prev, enc).attention is None
+    with pytest.raises(ValueError, match="attention layer 2 but the decoder has 2 layers"):
+        model.init_state(enc, AttentionChoice(layer=2))
+    with pytest.raises(ValueError, match="attention head 4 but the attention has 4 heads"):
+        model.init_state(enc, AttentionChoice(head=4))
 
 
 # ---------------------------------------------------------------- seeing the attention
@@ -362,7 +362,7 @@ def test_decode_writes_heatmaps_weights_and_alignments(tmp_path):
     generation = yaml.safe_load((CONF / "generation" / "beam.yaml").read_text())
     generation.update(beam_size=2, print_alignment=True, max_len_b=5)
     decode(OmegaConf.create({
-        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "output": str(tmp_path / "out.txt"),
+        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "input_field": None, "output": str(tmp_path / "out.txt"),
         "device": "cpu", "threads": 1, "batch_tokens": 100, "attention": str(tmp_path / "attn"),
         "attention_max_sentences": 2, "generation": generation,
     }))

@@ -127,7 +127,8 @@ def test_fused_loss_matches_plain_cross_entropy():
     model.output_layer.chunk = 7  # several chunks, one of them partial
     pairs = toy_pairs(9, seed=1)
     batch = collate([s for s, _ in pairs], [t for _, t in pairs], list(range(9)))
-    loss, nll = model(batch.src, batch.prev_tokens, batch.target, 0.1)
+    out = model(batch.src, batch.prev_tokens, batch.target, 0.1)
+    loss, nll = out.loss, out.nll
     loss.backward()
     fused = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()

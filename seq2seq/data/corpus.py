@@ -1,10 +1,14 @@
 """Reading corpora: local parallel text, TSV or JSON Lines files, or a Hugging Face hub id.
 
 Every reader returns the source and target sides as two lists of strings of equal
-length, and fails with a message that names the file, the line and the counts.
+length, and fails with a message that names the file, the line and the counts. Local
+files are read here, cell for cell as written; only hub ids go through `datasets`.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -26,55 +30,107 @@ class ParallelCorpus:
         return len(self.src)
 
 
-def _decode_lines(raw: bytes, name: str) -> list[str]:
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{name}, line {number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
-        out.append(text.rstrip("\r"))
-    return out
+def _utf8(raw: bytes, name: str) -> str:
+    """The text of a file's bytes; invalid UTF-8 is an error naming the line and the byte within it."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+        raise DataError(f"{name}, line {line}: invalid UTF-8 ({err.reason} at byte {column})") from None
+
+
+def _read_bytes(path: str) -> tuple[bytes, str]:
+    """(content, name for messages) of a file, or of stdin for '-'."""
+    if path == "-":
+        return sys.stdin.buffer.read(), "<stdin>"
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"file not found: {path}")
+    return file.read_bytes(), str(path)
 
 
 def read_lines(path: str) -> list[str]:
     """All lines of a UTF-8 text file (or stdin for '-'), without line endings."""
-    if path == "-":
-        return _decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"file not found: {path}")
-    return _decode_lines(file.read_bytes(), str(path))
+    raw, name = _read_bytes(path)
+    lines = _utf8(raw, name).split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
 
 
-def read_documents(path: str, field: str | None = None) -> list[str]:
-    """One document per input: the lines of a text file, or with field set the string field of each
-    line of a JSON Lines file (stdin for '-'). Errors name the file and the line."""
-    lines = read_lines(path)
-    if not field:
-        return lines
-    import json
+def _jsonl_fields(path: str, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The string values of the named fields, one tuple per line of a JSON Lines file (stdin for '-').
 
+    A blank line, invalid JSON, a line that is not an object, a missing field or a
+    value that is not a string (null included) is an error naming the file and the line.
+    """
     name = "<stdin>" if path == "-" else path
-    docs = []
-    for number, line in enumerate(lines, start=1):
+    rows = []
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             raise DataError(f"{name}, line {number}: empty line in a JSON Lines file")
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{name}, line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict) or field not in record:
-            fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            raise DataError(f"{name}, line {number}: no field '{field}' (found: {fields})")
-        value = record[field]
-        if not isinstance(value, str):
-            raise DataError(f"{name}, line {number}: field '{field}' is {type(value).__name__}, not a string")
-        docs.append(value)
-    return docs
+        if not isinstance(record, dict):
+            raise DataError(f"{name}, line {number}: a JSON {type(record).__name__}, not an object with the "
+                            f"field(s) {', '.join(fields)}")
+        for field in fields:
+            if field not in record:
+                raise DataError(f"{name}, line {number}: no field '{field}' (found: {', '.join(record)})")
+            if not isinstance(record[field], str):
+                kind = "null" if record[field] is None else type(record[field]).__name__
+                raise DataError(f"{name}, line {number}: field '{field}' is {kind}, not a string")
+        rows.append(tuple(record[field] for field in fields))
+    return rows
+
+
+def read_documents(path: str, field: str | None = None) -> list[str]:
+    """One document per input: the lines of a text file, or with field set the string field of each
+    line of a JSON Lines file (stdin for '-'). Errors name the file and the line."""
+    if not field:
+        return read_lines(path)
+    return [doc for (doc,) in _jsonl_fields(path, (field,))]
+
+
+def read_jsonl(path: str, src_field: str, tgt_field: str) -> ParallelCorpus:
+    """Source and target from two string fields of each line of a JSON Lines file."""
+    rows = _jsonl_fields(path, (src_field, tgt_field))
+    return ParallelCorpus([s for s, _ in rows], [t for _, t in rows])
+
+
+def read_tsv(path: str, src_field: str, tgt_field: str) -> ParallelCorpus:
+    """Source and target from two columns of a tab-separated file whose first row names the columns.
+
+    Cells are kept as written ("NA", "null" and "" stay what they are); a cell holding a
+    tab, a newline or a leading quote is quoted the way the csv module writes it. A row
+    with another number of cells than the header, or broken quoting, is an error naming the line.
+    """
+    raw, name = _read_bytes(path)
+    reader = csv.reader(io.StringIO(_utf8(raw, name), newline=""), dialect="excel-tab", strict=True)
+    line = 1  # where the next row starts
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{name}: empty file (a TSV corpus needs a header row naming its columns)")
+        for field in (src_field, tgt_field):
+            if field not in header:
+                raise DataError(f"{name}, line 1: no column '{field}' in the header row ({', '.join(header)}); "
+                                "the first row must name the columns")
+        src_col, tgt_col = header.index(src_field), header.index(tgt_field)
+        src, tgt = [], []
+        line = reader.line_num + 1
+        for row in reader:
+            if len(row) != len(header):
+                raise DataError(f"{name}, line {line}: {len(row)} cells, the header row has {len(header)}")
+            src.append(row[src_col])
+            tgt.append(row[tgt_col])
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise DataError(f"{name}, line {line}: not valid TSV ({err})") from None
+    return ParallelCorpus(src, tgt)
 
 
 def read_parallel_text(src_path: str, tgt_path: str) -> ParallelCorpus:
@@ -106,25 +162,21 @@ def load_split(
     splits: dict,
     hub_id: str | None = None,
     hub_splits: dict | None = None,
+    hub_config: str | None = None,
+    hub_revision: str | None = None,
 ) -> ParallelCorpus:
-    """One split ('train', 'valid' or 'test') of a corpus, from root/path when root is set, else from the hub."""
+    """One split ('train', 'valid' or 'test') of a corpus: from root/path when root is set, else
+    hub_id's split (dataset config hub_config, git revision hub_revision) through `datasets`."""
     if root:
-        base = Path(root) / path
-        name = splits[split]
+        if split not in splits:
+            raise DataError(f"data.splits names no '{split}' split (it has: {', '.join(splits)})")
+        base, name = Path(root) / path, splits[split]
         if format == "text":
             return read_parallel_text(str(base / f"{name}.{src}"), str(base / f"{name}.{tgt}"))
-        if format in ("jsonl", "tsv"):
-            file = base / f"{name}.{format}"
-            if not file.is_file():
-                raise DataError(f"file not found: {file}")
-            import datasets
-
-            builder, extra = ("json", {}) if format == "jsonl" else ("csv", {"delimiter": "\t"})
-            try:
-                dataset = datasets.load_dataset(builder, data_files=str(file), split="train", **extra)
-            except Exception as err:  # the datasets error names the bad row; keep it, name the file
-                raise DataError(f"{file}: cannot be read as {format}: {err}") from err
-            return _columns(dataset, src, tgt, str(file))
+        if format == "jsonl":
+            return read_jsonl(str(base / f"{name}.jsonl"), src, tgt)
+        if format == "tsv":
+            return read_tsv(str(base / f"{name}.tsv"), src, tgt)
         raise DataError(f"unknown data format '{format}' (text, jsonl or tsv)")
     if not hub_id:
         raise DataError("no data: set data.root (or SEQ2SEQ_DATA) to a local copy, or data.hub_id")
@@ -132,5 +184,5 @@ def load_split(
 
     hub_name = (hub_splits or splits)[split]
     log.info("loading %s split %s from the Hugging Face hub", hub_id, hub_name)
-    dataset = datasets.load_dataset(hub_id, split=hub_name)
+    dataset = datasets.load_dataset(hub_id, name=hub_config, revision=hub_revision, split=hub_name)
     return _columns(dataset, src, tgt, f"{hub_id}[{hub_name}]")

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +20,11 @@ from seq2seq.data.tokenizer import Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
 
-CORPUS_KEYS = ("root", "path", "format", "src", "tgt", "splits", "hub_id", "hub_splits")
+CORPUS_KEYS = ("root", "path", "format", "src", "tgt", "splits", "hub_id", "hub_splits", "hub_config", "hub_revision")
+# every key a data config may have: the corpus, the training length limits, batch sizes (the trainer's), the cache
+DATA_KEYS = (*CORPUS_KEYS, "name", "max_src_len", "max_tgt_len", "long_pairs", "batch_tokens", "valid_batch_tokens",
+             "cache_dir")
+LONG_PAIRS = ("truncate", "drop")
 
 
 @dataclass
@@ -73,24 +77,52 @@ def _load(path: Path) -> EncodedSplit:
     return EncodedSplit(blob["src"], blob["tgt"], blob["src_text"], blob["tgt_text"])
 
 
-def filter_training_pairs(split: EncodedSplit, max_src_len: int, max_tgt_len: int) -> EncodedSplit:
-    """Drop pairs with an empty side or a side longer than the limits, and say how many went."""
-    keep, empty, long = [], 0, 0
+def _check_long_pairs(long_pairs) -> None:
+    if long_pairs not in LONG_PAIRS:
+        raise ValueError(f"data.long_pairs must be one of {', '.join(LONG_PAIRS)}, not {long_pairs!r}")
+
+
+def filter_training_pairs(split: EncodedSplit, max_src_len: int, max_tgt_len: int,
+                          long_pairs: str = "drop") -> EncodedSplit:
+    """Drop pairs with an empty side; cut (long_pairs='truncate') or drop ('drop') pairs with a side longer
+    than its limit, EOS included; log how many of each. Texts are kept whole (only valid's are read)."""
+    _check_long_pairs(long_pairs)
+    keep, src, tgt = [], [], []
+    empty = long = cut_src = cut_tgt = 0
     for i, (s, t) in enumerate(zip(split.src, split.tgt)):
         if not s or not t:
             empty += 1
-        elif len(s) + 1 > max_src_len or len(t) + 1 > max_tgt_len:
+            continue
+        src_long, tgt_long = len(s) + 1 > max_src_len, len(t) + 1 > max_tgt_len
+        if (src_long or tgt_long) and long_pairs == "drop":
             long += 1
-        else:
-            keep.append(i)
+            continue
+        cut_src += src_long
+        cut_tgt += tgt_long
+        keep.append(i)
+        src.append(s[: max_src_len - 1] if src_long else s)
+        tgt.append(t[: max_tgt_len - 1] if tgt_long else t)
     if empty or long:
         log.warning("training data: dropped %d pairs with an empty side and %d longer than %d/%d subwords "
                     "(%d of %d kept)", empty, long, max_src_len, max_tgt_len, len(keep), len(split))
-    return split.select(keep) if len(keep) < len(split) else split
+    if cut_src or cut_tgt:
+        log.warning("training data: truncated %d sources to %d and %d targets to %d subwords (EOS included; "
+                    "data.long_pairs=truncate)", cut_src, max_src_len, cut_tgt, max_tgt_len)
+    if len(keep) == len(split) and not (cut_src or cut_tgt):
+        return split
+    return replace(split.select(keep), src=src, tgt=tgt)
 
 
 def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
-    """Encoded train and valid splits and their tokenizer, from the cache when it has them."""
+    """Encoded train and valid splits and their tokenizer, from the cache when it has them.
+
+    An unknown data key or long_pairs value is an error here, before any preprocessing.
+    """
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:
+        raise ValueError(f"unknown data setting(s): {', '.join('data.' + k for k in unknown)} "
+                         f"(known: {', '.join(DATA_KEYS)})")
+    _check_long_pairs(data.get("long_pairs", "drop"))
     cache = Path(data["cache_dir"]) / _fingerprint(data, tokenizer)
     corpus_args = {k: data.get(k) for k in CORPUS_KEYS}
     done = cache / "done"
@@ -101,7 +133,9 @@ def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
     valid = load_split("valid", **corpus_args)
     log.info("read %d training and %d validation pairs", len(train), len(valid))
     tok_options = {k: tokenizer[k] for k in ("model_type", "vocab_size", "character_coverage", "max_sentences")}
-    tok = build_tokenizer(train.src, train.tgt, cache / "tokenizer", joint=tokenizer["joint"], seed=seed, **tok_options)
+    tok = build_tokenizer(train.src, train.tgt, cache / "tokenizer", joint=tokenizer["joint"], seed=seed,
+                          newline_piece=tokenizer.get("newline_piece"),
+                          byte_fallback=tokenizer.get("byte_fallback", False), **tok_options)
     encoded_train, encoded_valid = _encode(tok, train), _encode(tok, valid)
     _save(encoded_train, cache / "train.pt")
     _save(encoded_valid, cache / "valid.pt")

@@ -1,12 +1,18 @@
 """SentencePiece subwords: training on the training split, encoding, detokenizing.
 
 Ids 0-3 are fixed in every model (pad, unk, bos, eos) so that the model and the
-search never need to ask the tokenizer which id is which.
+search never need to ask the tokenizer which id is which. Two settings change what
+the models are trained on and so travel with them (tokenizer.json beside the models):
+newline_piece, a visible piece that stands for each line break (SentencePiece would
+otherwise turn it into a space), and byte_fallback, UTF-8 byte pieces for characters
+outside the vocabulary instead of <unk>.
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +21,22 @@ import sentencepiece as spm
 log = logging.getLogger(__name__)
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SETTINGS_FILE = "tokenizer.json"
+OLD_SETTINGS = {"newline_piece": None, "byte_fallback": False}  # what a folder without SETTINGS_FILE was trained with
+
+_NEWLINES = re.compile(r"(?:[^\S\n]*\n)+")  # a run of line breaks with the blanks before each
+
+
+def newlines_to_piece(text: str, piece: str) -> str:
+    """Each line break as piece, a space after a run of them: every break is one piece of its own, the
+    next word keeps its usual word-initial form, and the blanks before a break (never kept) go."""
+    return _NEWLINES.sub(lambda m: piece * m.group().count("\n") + " ", text)
+
+
+def piece_to_newlines(text: str, piece: str) -> str:
+    """The inverse of newlines_to_piece on detokenized text: each piece, with a space either side, is a line break
+    (so is a piece that was in the text as it is)."""
+    return re.sub(f" ?{re.escape(piece)} ?", "\n", text)
 
 
 def train_sentencepiece(
@@ -25,6 +47,8 @@ def train_sentencepiece(
     vocab_size: int,
     character_coverage: float,
     max_sentences: int,
+    user_defined_symbols: tuple[str, ...] = (),
+    byte_fallback: bool = False,
     seed: int = 1,
 ) -> Path:
     """Train one SentencePiece model on (a sample of) the non-empty sentences; returns the .model path."""
@@ -44,6 +68,8 @@ def train_sentencepiece(
         unk_id=UNK,
         bos_id=BOS,
         eos_id=EOS,
+        user_defined_symbols=list(user_defined_symbols),
+        byte_fallback=byte_fallback,
         hard_vocab_limit=False,  # small corpora get a smaller vocabulary instead of an error
         max_sentence_length=1 << 16,
         num_threads=2,
@@ -52,10 +78,19 @@ def train_sentencepiece(
     return Path(f"{prefix}.model")
 
 
-class Tokenizer:
-    """Source and target SentencePiece models (the same object when the vocabulary is joint)."""
+def _check_newline_piece(piece: str | None) -> None:
+    if piece is not None and (not isinstance(piece, str) or not piece or any(c.isspace() for c in piece)):
+        raise ValueError(f"tokenizer.newline_piece must be null or a non-empty string without spaces, not {piece!r}")
 
-    def __init__(self, src_model: str | Path, tgt_model: str | Path | None = None):
+
+class Tokenizer:
+    """Source and target SentencePiece models (the same object when the vocabulary is joint), and the
+    settings they were trained with (newline_piece: the piece that stands for a line break, or None;
+    byte_fallback: whether unseen characters become byte pieces)."""
+
+    def __init__(self, src_model: str | Path, tgt_model: str | Path | None = None, *,
+                 newline_piece: str | None = None, byte_fallback: bool = False):
+        _check_newline_piece(newline_piece)
         self.src_model_path = Path(src_model)
         self.tgt_model_path = Path(tgt_model) if tgt_model else self.src_model_path
         self.src = spm.SentencePieceProcessor(model_file=str(self.src_model_path))
@@ -64,6 +99,17 @@ class Tokenizer:
             if self.tgt_model_path == self.src_model_path
             else spm.SentencePieceProcessor(model_file=str(self.tgt_model_path))
         )
+        self.newline_piece = newline_piece
+        self.byte_fallback = bool(byte_fallback)
+        if newline_piece is not None:
+            for model, path in ((self.src, self.src_model_path), (self.tgt, self.tgt_model_path)):
+                if model.piece_to_id(newline_piece) == UNK:
+                    raise ValueError(f"{path} has no piece {newline_piece!r} (tokenizer.newline_piece): "
+                                     "it was trained without it")
+
+    @property
+    def settings(self) -> dict:
+        return {"newline_piece": self.newline_piece, "byte_fallback": self.byte_fallback}
 
     @property
     def joint(self) -> bool:
@@ -77,14 +123,23 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return self.tgt.get_piece_size()
 
+    def _text(self, lines: list[str]) -> list[str]:
+        """The lines as the models were trained to see them (line breaks as the newline piece)."""
+        if self.newline_piece is None:
+            return lines
+        return [newlines_to_piece(line, self.newline_piece) for line in lines]
+
     def encode_src(self, lines: list[str]) -> list[list[int]]:
-        return self.src.encode(lines)
+        return self.src.encode(self._text(lines))
 
     def encode_tgt(self, lines: list[str]) -> list[list[int]]:
-        return self.tgt.encode(lines)
+        return self.tgt.encode(self._text(lines))
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
-        return self.tgt.decode(ids)
+        texts = self.tgt.decode(ids)
+        if self.newline_piece is None:
+            return texts
+        return [piece_to_newlines(text, self.newline_piece) for text in texts]
 
     def src_pieces(self, ids: list[int]) -> list[str]:
         return [self.src.id_to_piece(i) for i in ids]
@@ -93,34 +148,67 @@ class Tokenizer:
         return [self.tgt.id_to_piece(i) for i in ids]
 
     def save(self, folder: Path) -> "Tokenizer":
-        """Copy the model files into folder (a run's tokenizer/); returns the tokenizer reading them there."""
+        """Copy the model files and the settings into folder (a run's tokenizer/); returns the tokenizer reading
+        them there."""
         folder.mkdir(parents=True, exist_ok=True)
+        write_settings(folder, self.settings)
         if self.joint:
             shutil.copyfile(self.src_model_path, folder / "spm.model")
-            return Tokenizer(folder / "spm.model")
+            return Tokenizer(folder / "spm.model", **self.settings)
         shutil.copyfile(self.src_model_path, folder / "spm.src.model")
         shutil.copyfile(self.tgt_model_path, folder / "spm.tgt.model")
-        return Tokenizer(folder / "spm.src.model", folder / "spm.tgt.model")
+        return Tokenizer(folder / "spm.src.model", folder / "spm.tgt.model", **self.settings)
 
     @classmethod
     def load(cls, folder: Path) -> "Tokenizer":
+        """The tokenizer saved in folder; one without tokenizer.json (older runs) has both settings off."""
+        settings = read_settings(folder)
         if (folder / "spm.model").is_file():
-            return cls(folder / "spm.model")
+            return cls(folder / "spm.model", **settings)
         if (folder / "spm.src.model").is_file() and (folder / "spm.tgt.model").is_file():
-            return cls(folder / "spm.src.model", folder / "spm.tgt.model")
+            return cls(folder / "spm.src.model", folder / "spm.tgt.model", **settings)
         raise FileNotFoundError(f"no SentencePiece model in {folder}")
 
 
-def build_tokenizer(train_src: list[str], train_tgt: list[str], folder: Path, *, joint: bool, **options) -> Tokenizer:
-    """Train the tokenizer into folder, or load it when a previous run already trained it there."""
+def write_settings(folder: Path, settings: dict) -> None:
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def read_settings(folder: Path) -> dict:
+    """The settings in folder/tokenizer.json; both off when there is none."""
+    file = folder / SETTINGS_FILE
+    if not file.is_file():
+        return dict(OLD_SETTINGS)
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        return {key: saved[key] for key in OLD_SETTINGS}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{file}: not a tokenizer settings file ({err!r})") from None
+
+
+def build_tokenizer(train_src: list[str], train_tgt: list[str], folder: Path, *, joint: bool,
+                    newline_piece: str | None = None, byte_fallback: bool = False, **options) -> Tokenizer:
+    """Train the tokenizer into folder, or load it when a previous run already trained it there.
+
+    The settings are written before training, so that a model in folder always has its settings beside it.
+    """
     try:
         return Tokenizer.load(folder)
     except FileNotFoundError:
         pass
-    log.info("training SentencePiece (%s, vocab %d, %s)", options["model_type"], options["vocab_size"],
-             "joint" if joint else "separate")
+    _check_newline_piece(newline_piece)
+    log.info("training SentencePiece (%s, vocab %d, %s%s%s)", options["model_type"], options["vocab_size"],
+             "joint" if joint else "separate", f", newlines as {newline_piece}" if newline_piece else "",
+             ", byte fallback" if byte_fallback else "")
+    settings = {"newline_piece": newline_piece, "byte_fallback": bool(byte_fallback)}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_settings(folder, settings)
+    if newline_piece is not None:
+        train_src = [newlines_to_piece(s, newline_piece) for s in train_src]
+        train_tgt = [newlines_to_piece(t, newline_piece) for t in train_tgt]
+    options.update(user_defined_symbols=(newline_piece,) if newline_piece else (), byte_fallback=byte_fallback)
     if joint:
-        return Tokenizer(train_sentencepiece(train_src + train_tgt, folder / "spm", **options))
+        return Tokenizer(train_sentencepiece(train_src + train_tgt, folder / "spm", **options), **settings)
     src = train_sentencepiece(train_src, folder / "spm.src", **options)
     tgt = train_sentencepiece(train_tgt, folder / "spm.tgt", **options)
-    return Tokenizer(src, tgt)
+    return Tokenizer(src, tgt, **settings)

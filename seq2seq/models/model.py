@@ -1,17 +1,27 @@
 """The encoder-decoder and the one seam that keeps model families interchangeable.
 
 An encoder maps (src [B,S], padding_mask [B,S]) to an EncoderOut. A decoder offers
-  forward(prev_tokens, enc, need_attention) -> (features [B,T,D], attention [B,T,S] | None)
-  init_state(enc, need_attention)           -> state
-  step(prev_token [B], state)               -> (features [B,D], state, attention [B,S] | None)
+  forward(prev_tokens, enc, attention=None) -> DecoderOut over the whole target ([B,T,...])
+  init_state(enc, attention=None)           -> state
+  step(prev_token [B], state)               -> (DecoderOut of one position ([B,...]), state)
+  check_attention(choice)                   refuses a layer/head it does not have
 and its state offers reorder(indices) so that a search can select, repeat and drop hypotheses.
+`attention` is an AttentionChoice (which cross-attention layer and head to report) or None
+(report none): it travels in the call and the state, never as an attribute of the module.
+
+An output layer (config group model/output) turns a DecoderOut into the next token's
+distribution: OutputLayer (softmax over the vocabulary) or PointerGenerator
+(seq2seq.models.copy: mixes in the reported attention scattered onto the source tokens).
+It says which attention it reads (attention_choice, None for none) and offers
+  log_probs(out, src_tokens) -> [..., V] log-probabilities
+  loss(rows, target, smoothing) -> (label-smoothed loss, NLL) summed over rows, chunked
 The search, the trainer and the loss only ever talk to EncoderDecoder.
 """
 from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,15 +36,72 @@ class EncoderOut:
     src_tokens: torch.Tensor    # [B, S] (a copy layer points into these)
     final: object = None        # family-specific summary (an RNN's last hidden state) for the decoder's start
 
-    def index_select(self, indices: torch.Tensor) -> "EncoderOut":
-        final = self.final
-        if isinstance(final, torch.Tensor):
-            final = final.index_select(-2 if final.dim() == 3 else 0, indices)
-        elif isinstance(final, tuple):
-            final = tuple(f.index_select(-2 if f.dim() == 3 else 0, indices) for f in final)
-        return replace(self, states=self.states.index_select(0, indices),
-                       padding_mask=self.padding_mask.index_select(0, indices),
-                       src_tokens=self.src_tokens.index_select(0, indices), final=final)
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """Which cross-attention a decoder reports: layer (-1 = last) and head (-1 = mean over heads)."""
+
+    layer: int = -1
+    head: int = -1
+
+
+@dataclass
+class DecoderOut:
+    """What a decoder hands the output layer, for a whole target ([B,T,...]) or one step ([B,...]).
+
+    attention, context and embedded are filled when an AttentionChoice was given.
+    """
+
+    features: torch.Tensor                 # [.., D] the decoder's output features
+    attention: torch.Tensor | None = None  # [.., S] the chosen attention over source positions (0 on padding)
+    context: torch.Tensor | None = None    # [.., C] that attention's context vector
+    embedded: torch.Tensor | None = None   # [.., E] the decoder's input embedding at each position
+
+    def rows(self, select: torch.Tensor) -> "DecoderOut":
+        """The positions where select [B,T] is True, as rows [N,...]."""
+        pick = lambda x: None if x is None else x[select]  # noqa: E731
+        return DecoderOut(self.features[select], pick(self.attention), pick(self.context), pick(self.embedded))
+
+
+@dataclass
+class LossOut:
+    """Summed over the target's non-pad tokens."""
+
+    loss: torch.Tensor      # what training minimises: label-smoothed NLL (+ coverage_weight * coverage)
+    nll: torch.Tensor       # plain negative log-likelihood (detached)
+    coverage: torch.Tensor  # sum over steps t and source positions i of min(a_i^t, c_i^t) (detached; 0 without attention)
+
+
+@dataclass
+class ModelState:
+    """A decoder state plus what the output layer needs per hypothesis row (the source ids it copies from)."""
+
+    decoder: object
+    src_tokens: torch.Tensor | None  # [rows, S] for a copy model, else None
+    report: bool                     # the caller asked for the attention
+
+    def reorder(self, indices: torch.Tensor) -> "ModelState":
+        src = None if self.src_tokens is None else self.src_tokens.index_select(0, indices)
+        return ModelState(self.decoder.reorder(indices), src, self.report)
+
+
+def coverage_loss(attention: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """sum over real target steps t and source positions i of min(a_i^t, c_i^t), where the
+    coverage c^t = a^0 + ... + a^(t-1) counts earlier steps only (See et al., 2017, eq. 12-13).
+    attention [B,T,S]; select [B,T] marks the real target steps."""
+    coverage = attention.cumsum(dim=1) - attention
+    return torch.minimum(attention, coverage)[select].sum()
+
+
+@dataclass(frozen=True)
+class OutputSizes:
+    """What an output layer is built for."""
+
+    features: int           # decoder output features
+    context: int            # the reported attention's context vector
+    embedded: int           # decoder input embedding
+    vocab: int              # target vocabulary
+    joint_vocabulary: bool  # source ids are target ids (one SentencePiece model)
 
 
 class EncoderDecoder(nn.Module):
@@ -42,30 +109,79 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.encoder, self.decoder, self.output_layer = encoder, decoder, output_layer
         self.max_positions = max_positions
+        self.copy_choice = output_layer.attention_choice  # None unless the output layer reads attention
+        if self.copy_choice is not None:
+            decoder.check_attention(self.copy_choice)
 
     def encode(self, src: torch.Tensor) -> EncoderOut:
         return self.encoder(src, src.eq(PAD))
 
+    def _training_choice(self, coverage_weight: float) -> AttentionChoice | None:
+        if self.copy_choice is not None:
+            return self.copy_choice
+        return AttentionChoice() if coverage_weight else None
+
     def forward(self, src: torch.Tensor, prev_tokens: torch.Tensor, target: torch.Tensor | None = None,
-                label_smoothing: float = 0.0):
-        """Teacher forcing. Without target: output scores [B, T, V] (log_softmax of them is the
-        model's distribution). With target [B, T]: (label-smoothed loss, NLL) summed over its
-        non-pad tokens, computed by the output layer without materializing all the scores.
-        """
+                label_smoothing: float = 0.0, coverage_weight: float = 0.0):
+        """Teacher forcing. Without target: scores [B, T, V] whose log_softmax is the model's
+        distribution. With target [B, T]: a LossOut summed over its non-pad tokens, computed by
+        the output layer without materializing the scores of the whole batch. coverage_weight
+        adds that times the coverage loss of the reported attention (the copy attention for a
+        copy model, else the last layer's mean over heads)."""
         enc = self.encode(src)
-        features, _ = self.decoder(prev_tokens, enc)
+        out = self.decoder(prev_tokens, enc, self._training_choice(coverage_weight) if target is not None
+                           else self.copy_choice)
         if target is None:
-            return self.output_layer(features)
+            return self.output_layer.log_probs(out, enc.src_tokens)
         select = target.ne(PAD)
-        return self.output_layer.loss(features[select], target[select], label_smoothing)
+        rows = out.rows(select)
+        src_rows = None
+        if self.copy_choice is not None:
+            src_rows = enc.src_tokens[:, None, :].expand(-1, target.size(1), -1)[select]
+        loss, nll = self.output_layer.loss(rows, src_rows, target[select], label_smoothing)
+        coverage = (coverage_loss(out.attention.float(), select) if out.attention is not None
+                    else loss.new_zeros(()))
+        if coverage_weight:
+            loss = loss + coverage_weight * coverage
+        return LossOut(loss, nll, coverage.detach())
 
-    def init_state(self, enc: EncoderOut, need_attention: bool = False):
-        return self.decoder.init_state(enc, need_attention)
+    @torch.no_grad()
+    def copy_share(self, src: torch.Tensor, prev_tokens: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+        """(target tokens that came mostly from copying, target tokens) under teacher forcing: a token
+        counts as copied when (1 - p_gen) * copy(w) > p_gen * P_vocab(w). (0, n) for a model without copy."""
+        select = target.ne(PAD)
+        total = int(select.sum())
+        if self.copy_choice is None:
+            return 0, total
+        enc = self.encode(src)
+        out = self.decoder(prev_tokens, enc, self.copy_choice)
+        src_rows = enc.src_tokens[:, None, :].expand(-1, target.size(1), -1)[select]
+        copied = self.output_layer.copied(out.rows(select), src_rows, target[select])
+        return int(copied.sum()), total
 
-    def step(self, prev_token: torch.Tensor, state):
-        """Log-probabilities [B, V] of the next token of each hypothesis, the new state and the attention."""
-        features, state, attn = self.decoder.step(prev_token, state)
-        return torch.log_softmax(self.output_layer(features).float(), dim=-1), state, attn
+    def check_report(self, report: AttentionChoice) -> None:
+        """Refuse an attention to report that the decoder does not have, or that a copy model does not use."""
+        if self.copy_choice is not None and report not in (self.copy_choice, AttentionChoice()):
+            raise ValueError(f"this model copies through the attention of layer {self.copy_choice.layer}, head "
+                             f"{self.copy_choice.head} (model.output) and reports that one; leave "
+                             f"generation.attention_layer/attention_head at -1 or set them to it")
+        self.decoder.check_attention(report)
+
+    def init_state(self, enc: EncoderOut, report: AttentionChoice | None = None) -> ModelState:
+        """State for generation; report: the attention the caller wants back from step (None: none).
+        A copy model always computes its copy attention and reports that one."""
+        if report is not None:
+            self.check_report(report)
+        choice = self.copy_choice if self.copy_choice is not None else report
+        src = enc.src_tokens if self.copy_choice is not None else None
+        return ModelState(self.decoder.init_state(enc, choice), src, report is not None)
+
+    def step(self, prev_token: torch.Tensor, state: ModelState):
+        """Log-probabilities [B, V] of the next token of each hypothesis, the new state, and the
+        reported attention [B, S] (None unless init_state was asked for it)."""
+        out, decoder_state = self.decoder.step(prev_token, state.decoder)
+        logp = self.output_layer.log_probs(out, state.src_tokens).float()
+        return logp, ModelState(decoder_state, state.src_tokens, state.report), (out.attention if state.report else None)
 
 
 def _import(target: str):
@@ -104,10 +220,12 @@ def check_pairing(decoder: dict, attention: dict) -> None:
         )
 
 
-def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int) -> EncoderDecoder:
-    """Embeddings, encoder, decoder with its attention, and output layer, from the resolved model config."""
+def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int, joint_vocabulary: bool = True) -> EncoderDecoder:
+    """Embeddings, encoder, decoder with its attention, and output layer, from the resolved model config.
+
+    joint_vocabulary: source and target ids mean the same pieces (one SentencePiece model), which
+    copying from the source needs."""
     from seq2seq.models.embeddings import TokenEmbedding
-    from seq2seq.models.output import OutputLayer
 
     dim = cfg["embed_dim"]
     share = cfg["share_embeddings"]
@@ -123,5 +241,8 @@ def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int) -> EncoderD
                         encoder_dim=encoder.output_dim, **common)
     if cfg["tie_output"] and decoder.output_dim != dim:
         raise ValueError(f"model.tie_output=true needs decoder features of size embed_dim={dim}")
-    output = OutputLayer(decoder.output_dim, tgt_vocab_size, tgt_embed.weight if cfg["tie_output"] else None)
+    sizes = OutputSizes(decoder.output_dim, decoder.context_dim, dim, tgt_vocab_size, joint_vocabulary)
+    output_cfg = cfg.get("output") or {"_target_": "seq2seq.models.output.OutputLayer", "name": "softmax"}
+    output = construct("model.output", output_cfg, sizes=sizes,
+                       tied_weight=tgt_embed.weight if cfg["tie_output"] else None)
     return EncoderDecoder(encoder, decoder, output, cfg["max_positions"])

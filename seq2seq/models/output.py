@@ -1,4 +1,4 @@
-"""The output layer: features -> vocabulary scores, and a fused, chunked training loss.
+"""The softmax output layer: features -> vocabulary scores, and a fused, chunked training loss.
 
 The training loss never materializes the [tokens, vocabulary] logits of the whole
 batch: it walks over chunks of rows, computes each chunk's log-softmax and its
@@ -59,25 +59,44 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_features * grad_loss, grad_weight * grad_loss, None, None, None
 
 
-class OutputLayer(nn.Module):
-    """A bias-free projection to the vocabulary, optionally sharing the target embedding matrix."""
+def smoothed_nll(logp: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label-smoothed loss, NLL) summed over rows of log-probabilities logp [N, V] with targets [N]:
+    (1 - eps) * NLL + eps * mean over the vocabulary of -log p, as torch's cross_entropy defines it."""
+    nll = -logp.gather(1, target[:, None]).sum()
+    if smoothing == 0.0:
+        return nll, nll.detach()
+    return (1.0 - smoothing) * nll + smoothing * -logp.mean(dim=-1).sum(), nll.detach()
 
-    def __init__(self, dim: int, vocab_size: int, tied_weight: nn.Parameter | None = None, chunk: int = 512):
+
+class OutputLayer(nn.Module):
+    """A bias-free projection to the vocabulary and a softmax, optionally sharing the target embedding matrix.
+
+    It reads only the decoder features (attention_choice None); its training loss is the fused one above.
+    """
+
+    attention_choice = None
+
+    def __init__(self, sizes, tied_weight: nn.Parameter | None = None, chunk: int = 512):
+        """sizes: seq2seq.models.model.OutputSizes."""
         super().__init__()
         if tied_weight is not None:
             self.weight = tied_weight
         else:
-            self.weight = nn.Parameter(torch.empty(vocab_size, dim))
-            nn.init.normal_(self.weight, std=dim**-0.5)
+            self.weight = nn.Parameter(torch.empty(sizes.vocab, sizes.features))
+            nn.init.normal_(self.weight, std=sizes.features**-0.5)
         self.chunk = chunk
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Vocabulary scores (logits) [..., V]."""
         return features @ self.weight.t()
 
-    def loss(self, features: torch.Tensor, target: torch.Tensor, smoothing: float):
-        """(label-smoothed loss, NLL), summed over the rows of features [N, D] with targets [N]."""
+    def log_probs(self, out, src_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """log P(w) [..., V] from a DecoderOut."""
+        return torch.log_softmax(self(out.features).float(), dim=-1)
+
+    def loss(self, rows, src_rows, target: torch.Tensor, smoothing: float):
+        """(label-smoothed loss, NLL), summed over rows (a DecoderOut of [N, ...]) with targets [N]."""
+        features = rows.features
         if torch.is_grad_enabled() and (features.requires_grad or self.weight.requires_grad):
             return _FusedLinearCrossEntropy.apply(features, self.weight, target, smoothing, self.chunk)
-        from seq2seq.training.loss import label_smoothed_nll
-
-        return label_smoothed_nll(self.forward(features), target, smoothing)
+        return smoothed_nll(self.log_probs(rows), target, smoothing)

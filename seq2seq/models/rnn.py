@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.models.attention import MultiHeadAttention
 from seq2seq.models.dropout import Dropout
-from seq2seq.models.model import EncoderOut
+from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut
 from seq2seq.models.rnn_attention import MultiHeadAdapter
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -120,12 +120,14 @@ class RNNState:
     feed: torch.Tensor | None      # previous attentional state h~_{t-1} [B,H] (Luong input feeding)
     memory: tuple                  # the attention's precomputed source memory
     position: int
-    need_attention: bool
+    attention: AttentionChoice | None  # report the attention (head choice for multihead), None for none
+    coverage: torch.Tensor | None = None  # [B,S] attention summed over earlier steps (coverage attention only)
 
     def reorder(self, indices: torch.Tensor) -> "RNNState":
         feed = None if self.feed is None else self.feed.index_select(0, indices)
+        coverage = None if self.coverage is None else self.coverage.index_select(0, indices)
         return RNNState(_select(self.hidden, indices), feed, _select(self.memory, indices), self.position,
-                        self.need_attention)
+                        self.attention, coverage)
 
 
 class RNNDecoder(nn.Module):
@@ -167,28 +169,29 @@ class RNNDecoder(nn.Module):
         combine_in = hidden_size + context + (embed_dim if self.previous else 0)
         self.combine = nn.Linear(combine_in, hidden_size, bias=False)  # W_c (Luong) or W_o (Bahdanau)
         self.out_proj = nn.Linear(hidden_size, embed_dim, bias=False) if hidden_size != embed_dim else nn.Identity()
-        self.output_dim = embed_dim
+        self.output_dim, self.context_dim = embed_dim, context
+        self.coverage = getattr(self.attention, "coverage", False)  # the attention reads c^t: track it in the state
 
-    def select_attention(self, layer: int = -1, head: int = -1) -> None:
-        """Which weights step/forward return: there is one attention (layer -1 or 0); head only for multihead."""
-        if layer not in (-1, 0):
-            raise ValueError(f"an RNN decoder has one attention: attention_layer must be -1 or 0, not {layer}")
+    def check_attention(self, choice: AttentionChoice) -> None:
+        """There is one attention (layer -1 or 0); a head only for multihead attention."""
+        if choice.layer not in (-1, 0):
+            raise ValueError(f"an RNN decoder has one attention: attention layer must be -1 or 0, not {choice.layer}")
         if isinstance(self.attention, MultiHeadAdapter):
             heads = self.attention.attention.heads
-            if not -1 <= head < heads:
-                raise ValueError(f"attention_head={head} but the attention has {heads} heads "
+            if not -1 <= choice.head < heads:
+                raise ValueError(f"attention head {choice.head} but the attention has {heads} heads "
                                  f"(0..{heads - 1}, or -1 = mean)")
-            self.attention.head = head
-        elif head != -1:
-            raise ValueError(f"attention_head={head} needs multi-head attention; "
+        elif choice.head != -1:
+            raise ValueError(f"attention head {choice.head} needs multi-head attention; "
                              f"{type(self.attention).__name__} has one head (use -1)")
 
-    def init_state(self, enc: EncoderOut, need_attention: bool = False) -> RNNState:
+    def init_state(self, enc: EncoderOut, attention: AttentionChoice | None = None) -> RNNState:
         feed = enc.states.new_zeros(enc.states.size(0), self.hidden_size) if self.input_feeding else None
         memory = self.attention.precompute(enc.states, enc.padding_mask)
         start = self.bridge(enc)
         hidden = tuple(zip(start[0].unbind(0), start[1].unbind(0))) if self.lstm else tuple(start.unbind(0))
-        return RNNState(hidden, feed, memory, 0, need_attention)
+        coverage = enc.states.new_zeros(enc.padding_mask.shape) if self.coverage else None
+        return RNNState(hidden, feed, memory, 0, attention, coverage)
 
     def _top(self, hidden: tuple) -> torch.Tensor:
         return hidden[-1][0] if self.lstm else hidden[-1]
@@ -204,34 +207,53 @@ class RNNDecoder(nn.Module):
                 x = self.dropout(x)
         return x, tuple(new)
 
-    def _step(self, emb: torch.Tensor, state: RNNState, need_weights: bool):
-        """emb [B,E] (dropout applied) -> (attentional state [B,H], new state, weights [B,S] or None)."""
+    def _attend(self, query: torch.Tensor, state: RNNState):
+        """(context [B,C], weights [B,S] or per head [B,H,S], or None when nobody needs them)."""
+        need = state.attention is not None or state.coverage is not None
+        if state.coverage is not None:
+            return self.attention(query, state.memory, state.position, need, coverage=state.coverage)
+        return self.attention(query, state.memory, state.position, need)
+
+    def _step(self, emb: torch.Tensor, state: RNNState):
+        """emb [B,E] (dropout applied) -> (attentional state [B,H], context [B,C], new state, reported weights [B,S] or None)."""
         if self.previous:
-            context, weights = self.attention(self._top(state.hidden), state.memory, state.position, need_weights)
+            context, weights = self._attend(self._top(state.hidden), state)
             h, hidden = self._run_cells(torch.cat([emb, context], dim=-1), state.hidden)
             attentional = torch.tanh(self.combine(torch.cat([h, context, emb], dim=-1)))
             feed = None
         else:
             x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
             h, hidden = self._run_cells(x, state.hidden)
-            context, weights = self.attention(h, state.memory, state.position, need_weights)
+            context, weights = self._attend(h, state)
             attentional = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
             feed = attentional if self.input_feeding else None
-        return attentional, RNNState(hidden, feed, state.memory, state.position + 1, state.need_attention), weights
+        if weights is not None and weights.dim() == 3:  # multihead: [B,H,S]
+            head = state.attention.head if state.attention is not None else -1
+            weights = weights.mean(dim=1) if head < 0 else weights[:, head]
+        coverage = None if state.coverage is None else state.coverage + weights
+        new = RNNState(hidden, feed, state.memory, state.position + 1, state.attention, coverage)
+        return attentional, context, new, (weights if state.attention is not None else None)
 
-    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, need_attention: bool = False):
-        """Teacher-forced features [B,T,embed_dim] and, if asked, attention [B,T,S]."""
-        state = self.init_state(enc, need_attention)
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None) -> DecoderOut:
+        """Teacher-forced DecoderOut [B,T,...]: features, and the attention, context and embeddings when asked."""
+        state = self.init_state(enc, attention)
         embs = self.dropout(self.embed(prev_tokens))
-        outputs, weights = [], []
+        outputs, contexts, weights = [], [], []
         for t in range(prev_tokens.size(1)):
-            attentional, state, w = self._step(embs[:, t], state, need_attention)
+            attentional, context, state, w = self._step(embs[:, t], state)
             outputs.append(attentional)
+            contexts.append(context)
             weights.append(w)
         features = self.out_proj(self.dropout(torch.stack(outputs, dim=1)))
-        return features, (torch.stack(weights, dim=1) if need_attention else None)
+        if attention is None:
+            return DecoderOut(features)
+        return DecoderOut(features, torch.stack(weights, dim=1), torch.stack(contexts, dim=1), embs)
 
     def step(self, prev_token: torch.Tensor, state: RNNState):
-        """One position for every hypothesis: prev_token [B] -> (features [B,embed_dim], state, weights [B,S]|None)."""
-        attentional, state, weights = self._step(self.embed(prev_token), state, state.need_attention)
-        return self.out_proj(attentional), state, (weights if state.need_attention else None)
+        """One position for every hypothesis: prev_token [B] -> (DecoderOut [B,...], new state)."""
+        emb = self.embed(prev_token)
+        attentional, context, state, weights = self._step(emb, state)
+        features = self.out_proj(attentional)
+        if state.attention is None:
+            return DecoderOut(features), state
+        return DecoderOut(features, weights, context, emb), state

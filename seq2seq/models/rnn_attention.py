@@ -10,8 +10,11 @@ An attention module for RNNDecoder is built as attention(query_dim=, key_dim=) a
                            their projections, the padding mask [B,S] True at padding ...),
                            computed once per source so a step costs one query
   forward(query [B,Dq], memory, position, need_weights)
-                           -> (context [B,context_dim], weights [B,S] or None);
+                           -> (context [B,context_dim], weights [B,S] (multi-head: [B,H,S]) or None);
                            position is the target step t (local-m centres its window there)
+  coverage                 optional, True when the score also reads the coverage vector c^t
+                           (attention summed over earlier steps): forward then takes coverage=[B,S]
+                           and the decoder carries c^t in its state
 Weights are a distribution over the real source positions and exactly 0 on padding.
 """
 from __future__ import annotations
@@ -38,7 +41,7 @@ def source_lengths(padding_mask: torch.Tensor) -> torch.Tensor:
 class MultiHeadAdapter(nn.Module):
     """The Transformer's MultiHeadAttention behind the RNN attention contract (Luong timing).
 
-    Its weights are averaged over heads, or one head's when `head` is set (>= 0).
+    Its weights are per head [B,H,S]; the decoder reports the mean or the head the caller chose.
     """
 
     query_timing = "current"
@@ -47,7 +50,6 @@ class MultiHeadAdapter(nn.Module):
         super().__init__()
         self.attention = attention
         self.context_dim = attention.output_dim
-        self.head = -1
 
     def precompute(self, keys: torch.Tensor, padding_mask: torch.Tensor) -> tuple:
         k, v = self.attention.project_memory(keys)
@@ -58,5 +60,4 @@ class MultiHeadAdapter(nn.Module):
         out, weights = self.attention(query[:, None], (k, v), padding_mask, need_weights)
         if weights is None:
             return out[:, 0], None
-        weights = weights[:, :, 0]  # [B, H, S]
-        return out[:, 0], (weights.mean(dim=1) if self.head < 0 else weights[:, self.head])
+        return out[:, 0], weights[:, :, 0]  # [B, H, S]

@@ -14,7 +14,7 @@ from torch import nn
 from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
 from seq2seq.models.dropout import Dropout
 from seq2seq.models.embeddings import SinusoidalPositions
-from seq2seq.models.model import EncoderOut
+from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut
 
 
 class SelfAttention(nn.Module):
@@ -66,18 +66,19 @@ class DecoderLayer(nn.Module):
         self.dropout, self.pre_norm = Dropout(dropout), pre_norm
 
     def forward(self, x, memory_kv, padding_mask, cache=None, need_weights=False, group=1):
+        """(output, self-attention (k, v), cross-attention weights [B,H,T,S] or None, cross-attention output)."""
         causal = cache is None  # a cached step attends to all earlier positions
         if self.pre_norm:
             h, kv = self.self_attn(self.norm1(x), causal=causal, cache=cache)
             x = x + self.dropout(h)
             h, weights = self.cross_attn(self.norm2(x), memory_kv, padding_mask, need_weights, group)
             x = x + self.dropout(h)
-            return x + self.dropout(self.ffn(self.norm3(x))), kv, weights
+            return x + self.dropout(self.ffn(self.norm3(x))), kv, weights, h
         h, kv = self.self_attn(x, causal=causal, cache=cache)
         x = self.norm1(x + self.dropout(h))
-        h, weights = self.cross_attn(x, memory_kv, padding_mask, need_weights, group)
-        x = self.norm2(x + self.dropout(h))
-        return self.norm3(x + self.dropout(self.ffn(x))), kv, weights
+        c, weights = self.cross_attn(x, memory_kv, padding_mask, need_weights, group)
+        x = self.norm2(x + self.dropout(c))
+        return self.norm3(x + self.dropout(self.ffn(x))), kv, weights, c
 
 
 def _init_linears(module: nn.Module) -> None:
@@ -125,7 +126,7 @@ class TransformerState:
     memory_kv: list
     padding_mask: torch.Tensor
     position: int
-    need_attention: bool
+    attention: AttentionChoice | None  # the cross-attention to report, None for none
     group: torch.Tensor | None = None  # [rows] memory row of each hypothesis; None = one row each
 
     def reorder(self, indices: torch.Tensor) -> "TransformerState":
@@ -137,7 +138,7 @@ class TransformerState:
             memory_kv = [pick(kv, used) for kv in memory_kv]
             padding_mask = padding_mask.index_select(0, used)
         return TransformerState([pick(kv, indices) if kv is not None else None for kv in self.self_kv],
-                                memory_kv, padding_mask, self.position, self.need_attention, group)
+                                memory_kv, padding_mask, self.position, self.attention, group)
 
     def hypotheses_per_sentence(self) -> int:
         """k when row r belongs to memory row r // k for every row (the beam layout), else 0."""
@@ -175,50 +176,54 @@ class TransformerDecoder(nn.Module):
             for c in cross
         )
         self.final_norm = nn.LayerNorm(embed_dim) if pre_norm else nn.Identity()
-        self.output_dim = embed_dim
-        self.attention_layer, self.attention_head = len(self.layers) - 1, -1
+        self.output_dim = self.context_dim = embed_dim
         _init_linears(self.layers)
 
-    def select_attention(self, layer: int = -1, head: int = -1) -> None:
-        """Which cross-attention weights forward/step return: layer (-1 = last), head (-1 = mean of heads)."""
+    def check_attention(self, choice: AttentionChoice) -> None:
+        """Refuse a layer or head this decoder does not have (layer -1 = last, head -1 = mean of heads)."""
         n, heads = len(self.layers), self.layers[0].cross_attn.heads
-        if not -n <= layer < n:
-            raise ValueError(f"attention_layer={layer} but the decoder has {n} layers (0..{n - 1}, or -1 for the last)")
-        if not -1 <= head < heads:
-            raise ValueError(f"attention_head={head} but the attention has {heads} heads "
+        if not -n <= choice.layer < n:
+            raise ValueError(f"attention layer {choice.layer} but the decoder has {n} layers (0..{n - 1}, or -1 for "
+                             f"the last)")
+        if not -1 <= choice.head < heads:
+            raise ValueError(f"attention head {choice.head} but the attention has {heads} heads "
                              f"(0..{heads - 1}, or -1 = mean)")
-        self.attention_layer, self.attention_head = layer % n, head
 
-    def _pick_heads(self, weights: torch.Tensor) -> torch.Tensor:
-        """[B,H,T,S] -> [B,T,S]: the chosen head, or the mean over heads."""
-        return weights.mean(dim=1) if self.attention_head < 0 else weights[:, self.attention_head]
-
-    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, need_attention: bool = False):
-        """Teacher-forced features [B,T,D] for the whole target, and the selected layer's attention [B,T,S] if asked."""
-        x = self.dropout(self.embed(prev_tokens) + self.positions(prev_tokens.size(1)))
-        weights = None
+    def _run(self, x, memory_kv, padding_mask, choice, caches=None, group=1):
+        """x through the layers; the chosen layer's cross-attention weights [B,T,S] and output [B,T,D]."""
+        chosen = choice.layer % len(self.layers) if choice is not None else -1
+        new_caches, weights, context = [], None, None
         for i, layer in enumerate(self.layers):
-            chosen = i == self.attention_layer
-            memory = layer.cross_attn.project_memory(enc.states)
-            x, _, w = layer(x, memory, enc.padding_mask, need_weights=need_attention and chosen)
-            weights = w if w is not None else weights
-        return self.final_norm(x), (self._pick_heads(weights) if weights is not None else None)
+            want = i == chosen
+            x, kv, w, h = layer(x, memory_kv[i], padding_mask, cache=None if caches is None else caches[i],
+                                need_weights=want, group=group)
+            new_caches.append(kv)
+            if want:
+                weights = w.mean(dim=1) if choice.head < 0 else w[:, choice.head]
+                context = h
+        return self.final_norm(x), new_caches, weights, context
 
-    def init_state(self, enc: EncoderOut, need_attention: bool = False) -> TransformerState:
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None) -> DecoderOut:
+        """Teacher-forced DecoderOut [B,T,...] for the whole target (the chosen attention when asked)."""
+        embedded = self.embed(prev_tokens) + self.positions(prev_tokens.size(1))
         memory = [layer.cross_attn.project_memory(enc.states) for layer in self.layers]
-        return TransformerState([None] * len(self.layers), memory, enc.padding_mask, 0, need_attention)
+        features, _, weights, context = self._run(self.dropout(embedded), memory, enc.padding_mask, attention)
+        if attention is None:
+            return DecoderOut(features)
+        return DecoderOut(features, weights, context, embedded)
+
+    def init_state(self, enc: EncoderOut, attention: AttentionChoice | None = None) -> TransformerState:
+        memory = [layer.cross_attn.project_memory(enc.states) for layer in self.layers]
+        return TransformerState([None] * len(self.layers), memory, enc.padding_mask, 0, attention)
 
     def step(self, prev_token: torch.Tensor, state: TransformerState):
-        """One position for every hypothesis: prev_token [B] -> (features [B,D], new state, attention [B,S] or None)."""
-        x = self.embed(prev_token[:, None]) + self.positions(1, state.position)
+        """One position for every hypothesis: prev_token [B] -> (DecoderOut [B,...], new state)."""
+        embedded = self.embed(prev_token[:, None]) + self.positions(1, state.position)
         memory_kv, padding_mask, k = state.memory_for_rows()
-        caches, weights = [], None
-        for i, layer in enumerate(self.layers):
-            want = state.need_attention and i == self.attention_layer
-            x, kv, w = layer(x, memory_kv[i], padding_mask, cache=state.self_kv[i], need_weights=want, group=k)
-            caches.append(kv)
-            weights = w if w is not None else weights
+        features, caches, weights, context = self._run(embedded, memory_kv, padding_mask, state.attention,
+                                                       state.self_kv, k)
         new_state = TransformerState(caches, state.memory_kv, state.padding_mask, state.position + 1,
-                                     state.need_attention, state.group)
-        attn = self._pick_heads(weights)[:, 0] if weights is not None else None
-        return self.final_norm(x)[:, 0], new_state, attn
+                                     state.attention, state.group)
+        if state.attention is None:
+            return DecoderOut(features[:, 0]), new_state
+        return DecoderOut(features[:, 0], weights[:, 0], context[:, 0], embedded[:, 0]), new_state

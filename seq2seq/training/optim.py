@@ -2,8 +2,33 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
+
+
+@dataclass
+class OptimOptions:
+    """The optim config group: AdamW, clipping, and the training loss's label smoothing and coverage term."""
+
+    lr: float
+    betas: tuple
+    eps: float
+    weight_decay: float
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.0
+    coverage_loss: float = 0.0
+    coverage_from_step: int = 0
+
+    @classmethod
+    def from_config(cls, node: dict) -> "OptimOptions":
+        unknown = sorted(set(node) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"optim: unknown key(s) {', '.join(unknown)}")
+        options = cls(**node)
+        if options.coverage_loss < 0 or options.coverage_from_step < 0:
+            raise ValueError("optim.coverage_loss and optim.coverage_from_step must be >= 0")
+        return options
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, betas, eps: float, weight_decay: float) -> torch.optim.AdamW:

@@ -25,11 +25,11 @@ from seq2seq.data.batching import bucket_batches, collate, epoch_shard
 from seq2seq.data.prepare import PreparedData
 from seq2seq.generation.decoding import decode_ids
 from seq2seq.generation.search import GenerationOptions
-from seq2seq.metrics import bleu
+from seq2seq.metrics import VALID_METRICS, higher_is_better, validation_score
 from seq2seq.training import distributed
 from seq2seq.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from seq2seq.training.distributed import DistInfo
-from seq2seq.training.optim import InverseSqrtSchedule, build_optimizer
+from seq2seq.training.optim import InverseSqrtSchedule, OptimOptions, build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class TrainerOptions:
     valid_every: int = 1000
     valid_beam_size: int = 1
     valid_max_sentences: int = 0
+    valid_metric: str = "bleu"
     patience: int = 0
     log_every: int = 50
     keep_last: int = 1
@@ -62,6 +63,19 @@ class TrainerOptions:
                              "trainer.max_bad_steps must be >= 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision={self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.valid_metric not in VALID_METRICS:
+            raise ValueError(f"trainer.valid_metric={self.valid_metric}: expected one of {', '.join(VALID_METRICS)}")
+
+
+@dataclass
+class StepStats:
+    """One optimizer step, summed over micro-batches and ranks."""
+
+    loss: float      # what was minimised (label-smoothed, + weighted coverage loss)
+    nll: float
+    coverage: float  # coverage loss (unweighted; 0 without attention)
+    tokens: int      # target tokens
+    updated: bool    # False: skipped (non-finite loss or gradient)
 
 
 def _rng_state() -> dict:
@@ -92,12 +106,16 @@ class Trainer:
         self.device, self.dist, self.seed = device, dist, seed
         self.batch_tokens, self.valid_batch_tokens = batch_tokens, valid_batch_tokens
         self.model_config = model_config
-        self.label_smoothing = optim["label_smoothing"]
-        self.clip_norm = optim["clip_norm"]
-        self.optimizer = build_optimizer(model, optim["lr"], optim["betas"], optim["eps"], optim["weight_decay"])
-        self.schedule = InverseSqrtSchedule(optim["lr"], **schedule)
-        self.valid_generation = GenerationOptions(**{**generation.__dict__, "strategy": "beam" if options.valid_beam_size > 1 else "greedy",
-                                                     "beam_size": max(options.valid_beam_size, 1), "nbest": 1})
+        optim = OptimOptions.from_config(optim)
+        self.label_smoothing, self.clip_norm = optim.label_smoothing, optim.clip_norm
+        self.coverage_loss, self.coverage_from_step = optim.coverage_loss, optim.coverage_from_step
+        self.optimizer = build_optimizer(model, optim.lr, optim.betas, optim.eps, optim.weight_decay)
+        self.schedule = InverseSqrtSchedule(optim.lr, **schedule)
+        # validation decodes with trainer.valid_beam_size (1 = greedy) and the run's other generation settings
+        beam = options.valid_beam_size > 1
+        self.valid_generation = GenerationOptions(**{
+            **generation.__dict__, "strategy": "beam" if beam else "greedy", "beam_size": max(options.valid_beam_size, 1),
+            "nbest": 1, "coverage_penalty": generation.coverage_penalty if beam else 0.0})
         self.amp_dtype = PRECISIONS[options.precision]
         if options.precision == "fp16" and device.type != "cuda":
             raise ValueError("trainer.precision=fp16 needs a CUDA device (its gradient scaling is CUDA-only); "
@@ -111,7 +129,7 @@ class Trainer:
         # (`epoch_start`, counted over all ranks) and the batches of this rank's plan done since
         self.step = self.epoch = self.epoch_start = self.batch_in_epoch = 0
         self.bad_steps = 0
-        self.best_bleu, self.bad_validations = -1.0, 0
+        self.best_score, self.bad_validations = None, 0  # best trainer.valid_metric so far
         self.elapsed_before = 0.0
         self.last_valid_seconds = 0.0
         self.stop_signal = None
@@ -154,7 +172,8 @@ class Trainer:
 
     def _state(self, full: bool, rng: list | None = None, plan_length: int = 0) -> dict:
         state = {"model": self.model.state_dict(), "model_config": self.model_config, "step": self.step,
-                 "epoch": self.epoch, "best_bleu": self.best_bleu}
+                 "epoch": self.epoch, "best_score": self.best_score,
+                 "valid_metric": self.opts.valid_metric}
         if full:
             state.update(optimizer=self.optimizer.state_dict(), rng=rng,
                          scaler=self.scaler.state_dict() if self.scaler else None,
@@ -186,7 +205,12 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
-        self.best_bleu, self.bad_validations = state["best_bleu"], state["bad_validations"]
+        self.bad_validations = state["bad_validations"]
+        if state.get("valid_metric", "bleu") == self.opts.valid_metric:
+            self.best_score = state.get("best_score", state.get("best_bleu"))
+        else:
+            log.warning("the run chose best by %s, now by trainer.valid_metric=%s: the best score starts afresh",
+                        state.get("valid_metric", "bleu"), self.opts.valid_metric)
         self.elapsed_before, self.last_valid_seconds = state["elapsed"], state["last_valid_seconds"]
         self.epoch_start, self.batch_in_epoch = state["global_batches_done"], 0
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
@@ -208,25 +232,33 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _train_step(self, batches: list) -> tuple[float, float, int, bool]:
-        """One optimizer step over micro-batches. Returns (smoothed loss sum, nll sum, target tokens),
-        all summed over the ranks, and whether the update was made (False: skipped, non-finite)."""
+    def _coverage_weight(self) -> float:
+        """optim.coverage_loss from optimizer step optim.coverage_from_step on (coverage from the first
+        step is known to stall training: See et al. add it at the end), else 0."""
+        return self.coverage_loss if self.step + 1 >= self.coverage_from_step else 0.0
+
+    def _train_step(self, batches: list) -> "StepStats":
+        """One optimizer step over micro-batches; sums over the ranks, and whether the update was made
+        (False: skipped, non-finite)."""
         module = self.ddp or self.model
         ntokens = sum(b.ntokens for b in batches)
         global_tokens = distributed.all_reduce_sum([float(ntokens)], self.dist)[0]
         scale = self.dist.world_size / global_tokens  # DDP averages gradients over ranks
-        loss_sum = nll_sum = 0.0
+        loss_sum = nll_sum = coverage_sum = 0.0
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
             sync = i == len(batches) - 1 or self.ddp is None  # gradients are all-reduced once, with the last
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self._autocast():
-                    loss, nll = module(batch.src, batch.prev_tokens, batch.target, self.label_smoothing)
+                    out = module(batch.src, batch.prev_tokens, batch.target, self.label_smoothing,
+                                 self._coverage_weight())
+                    loss, nll = out.loss, out.nll
                 scaled = loss * scale
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.item()
             nll_sum += nll.item()
-        loss_sum, nll_sum = distributed.all_reduce_sum([loss_sum, nll_sum], self.dist)
+            coverage_sum += out.coverage.item()
+        loss_sum, nll_sum, coverage_sum = distributed.all_reduce_sum([loss_sum, nll_sum, coverage_sum], self.dist)
         problem = None if math.isfinite(loss_sum) else f"loss {loss_sum}"
         if problem is None:
             if self.scaler is not None:
@@ -238,7 +270,7 @@ class Trainer:
         if problem is not None:
             self.optimizer.zero_grad(set_to_none=True)
             self._bad_step(problem)
-            return loss_sum, nll_sum, int(global_tokens), False
+            return StepStats(loss_sum, nll_sum, coverage_sum, int(global_tokens), False)
         lr = self.schedule(self.step + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -250,7 +282,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.bad_steps = 0
-        return loss_sum, nll_sum, int(global_tokens), True
+        return StepStats(loss_sum, nll_sum, coverage_sum, int(global_tokens), True)
 
     def _bad_step(self, problem: str) -> None:
         """Skip an update with a non-finite loss or gradient; give up after max_bad_steps in a row."""
@@ -266,45 +298,73 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Validation loss and BLEU (rank 0 only; the other ranks wait)."""
+        """Validation loss, and unless trainer.valid_metric=loss the metric of decoded outputs
+        (rank 0 only; the other ranks wait). For a copy model also the share of output tokens
+        that came mostly from copying."""
         start = time.time()
         self.model.eval()
         valid = self.data.valid
+        limit = self.model.max_positions - 1
         nll = tokens = 0.0
         lens_src = [len(s) + 1 for s in valid.src]
         lens_tgt = [len(t) + 1 for t in valid.tgt]
         for idx in bucket_batches(lens_src, lens_tgt, self.valid_batch_tokens, shuffle=False):
-            batch = collate([valid.src[i][: self.model.max_positions - 1] for i in idx],
-                            [valid.tgt[i][: self.model.max_positions - 1] for i in idx], idx).to(self.device)
+            batch = collate([valid.src[i][:limit] for i in idx], [valid.tgt[i][:limit] for i in idx], idx)
+            batch = batch.to(self.device)
             with self._autocast():
-                nll += self.model(batch.src, batch.prev_tokens, batch.target, 0.0)[1].item()
+                nll += self.model(batch.src, batch.prev_tokens, batch.target, 0.0).nll.item()
             tokens += batch.ntokens
-        n = self.opts.valid_max_sentences or len(valid)
-        with self._autocast():
-            hyps = decode_ids(self.model, valid.src[:n], self.valid_generation,
-                              batch_tokens=self.valid_batch_tokens, device=self.device)
-        text = self.data.tokenizer.decode_tgt([h[0].tokens for h in hyps])
-        score = bleu(text, valid.tgt_text[:n])
+        loss = nll / max(tokens, 1)
+        metric = self.opts.valid_metric
+        row = {"step": self.step, "valid_nll": loss, "valid_ppl": float(torch.tensor(loss).exp())}
+        if metric == "loss":
+            row["valid_loss"] = loss
+        else:
+            n = self.opts.valid_max_sentences or len(valid)
+            with self._autocast():
+                hyps = decode_ids(self.model, valid.src[:n], self.valid_generation,
+                                  batch_tokens=self.valid_batch_tokens, device=self.device)
+            outputs = [h[0].tokens for h in hyps]
+            text = self.data.tokenizer.decode_tgt(outputs)
+            row[f"valid_{metric}"] = validation_score(metric, text, valid.tgt_text[:n])
+            if self.model.copy_choice is not None:
+                row["valid_copied"] = self._copied_share(valid.src[:n], outputs)
         self.model.train()
         self.last_valid_seconds = time.time() - start
-        loss = nll / max(tokens, 1)
-        return {"step": self.step, "valid_nll": loss, "valid_ppl": float(torch.tensor(loss).exp()),
-                "valid_bleu": score, "valid_seconds": self.last_valid_seconds}
+        row["valid_seconds"] = self.last_valid_seconds
+        return row
+
+    def _copied_share(self, sources: list, outputs: list) -> float:
+        """Share of the output tokens (EOS included) that the copy model took mostly from the source."""
+        limit = self.model.max_positions - 1
+        lens_src = [len(s) + 1 for s in sources]
+        lens_out = [len(t) + 1 for t in outputs]
+        copied = total = 0
+        for idx in bucket_batches(lens_src, lens_out, self.valid_batch_tokens, shuffle=False):
+            batch = collate([sources[i][:limit] for i in idx], [outputs[i][:limit] for i in idx], idx).to(self.device)
+            with self._autocast():
+                c, t = self.model.copy_share(batch.src, batch.prev_tokens, batch.target)
+            copied, total = copied + c, total + t
+        return copied / max(total, 1)
 
     def _validate_and_save(self, plan_length: int) -> bool:
         """Validate (rank 0; the others wait), keep best and last; True when patience has run out."""
         out_of_patience = improved = False
+        metric = self.opts.valid_metric
         if self.dist.is_main:
             row = self.validate()
-            improved = row["valid_bleu"] > self.best_bleu
+            value = row[f"valid_{metric}"]
+            better = (lambda a, b: a > b) if higher_is_better(metric) else (lambda a, b: a < b)
+            improved = self.best_score is None or better(value, self.best_score)
             if improved:
-                self.best_bleu, self.bad_validations = row["valid_bleu"], 0
+                self.best_score, self.bad_validations = value, 0
             else:
                 self.bad_validations += 1
-            row.update(best_bleu=self.best_bleu, elapsed=self._elapsed())
+            row.update({f"best_{metric}": self.best_score, "elapsed": self._elapsed()})
             self._metrics(row)
-            log.info("step %d | valid nll %.3f | ppl %.2f | BLEU %.2f (best %.2f) | %.1fs", self.step,
-                     row["valid_nll"], row["valid_ppl"], row["valid_bleu"], self.best_bleu, row["valid_seconds"])
+            copied = f" | copied {100 * row['valid_copied']:.1f}% of output tokens" if "valid_copied" in row else ""
+            log.info("step %d | valid nll %.3f | ppl %.2f | %s %.2f (best %.2f)%s | %.1fs", self.step,
+                     row["valid_nll"], row["valid_ppl"], metric, value, self.best_score, copied, row["valid_seconds"])
             out_of_patience = self.opts.patience > 0 and self.bad_validations >= self.opts.patience
         self.save(best=improved, plan_length=plan_length)
         return distributed.broadcast_flag(out_of_patience, self.dist)
@@ -368,7 +428,8 @@ class Trainer:
 
         bar = tqdm(total=o.max_steps or None, initial=self.step, disable=not (self.dist.is_main and o.progress),
                    unit="step", dynamic_ncols=True, mininterval=1.0)
-        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": 0.0}
+        empty_window = {"loss": 0.0, "nll": 0.0, "coverage": 0.0, "tokens": 0, "time": 0.0}
+        window = dict(empty_window)
         total_tokens, train_seconds = 0, 0.0
         reason, validated_at = None, -1
         plan: list = []
@@ -382,15 +443,17 @@ class Trainer:
                 group = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx], idx)
                          for idx in group_idx]
                 t0 = time.time()
-                loss, nll, ntokens, updated = self._train_step(group)
+                stats = self._train_step(group)
+                updated = stats.updated
                 dt = time.time() - t0
                 self.batch_in_epoch += len(group)
                 if updated:
-                    window["loss"] += loss
-                    window["nll"] += nll
-                    window["tokens"] += ntokens
+                    window["loss"] += stats.loss
+                    window["nll"] += stats.nll
+                    window["coverage"] += stats.coverage
+                    window["tokens"] += stats.tokens
                     window["time"] += dt
-                    total_tokens += ntokens
+                    total_tokens += stats.tokens
                     train_seconds += dt
                     bar.update(1)
                     if self.step % o.log_every == 0:
@@ -398,14 +461,17 @@ class Trainer:
                         row = {"step": self.step, "epoch": self.epoch, "loss": window["loss"] / window["tokens"],
                                "nll": window["nll"] / window["tokens"], "lr": self.optimizer.param_groups[0]["lr"],
                                "tokens_per_s": tps, "elapsed": self._elapsed()}
+                        if window["coverage"]:
+                            row["coverage"] = window["coverage"] / window["tokens"]
                         self._metrics(row)
                         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:.0f}")
-                        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": 0.0}
+                        window = dict(empty_window)
                 reason = self._agreed_stop_reason()
                 if reason is None and updated and self.step % o.valid_every == 0:
                     validated_at = self.step
                     if self._validate_and_save(len(plan)):
-                        reason = f"no better validation BLEU for {o.patience} validations (trainer.patience)"
+                        reason = (f"no better validation {o.valid_metric} for {o.patience} validations "
+                                  "(trainer.patience)")
                 if reason is not None:
                     break
             else:
@@ -420,7 +486,7 @@ class Trainer:
             self._validate_and_save(len(plan))
         log.info("training stopped: %s", reason)
         tps = total_tokens / max(train_seconds, 1e-9)
-        summary = {"step": self.step, "epoch": self.epoch, "best_valid_bleu": self.best_bleu,
+        summary = {"step": self.step, "epoch": self.epoch, f"best_valid_{o.valid_metric}": self.best_score,
                    "train_tokens_per_s": tps, "elapsed": self._elapsed(), "stop_reason": reason,
                    "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None}
         self._metrics({**summary, "final": True})
