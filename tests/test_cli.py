@@ -109,3 +109,36 @@ def test_resume_continues_with_the_same_losses(tmp_path):
     a, b = losses(straight), losses(split)
     assert set(a) == set(b) == set(range(1, 31))
     assert [a[s] for s in range(11, 31)] == [b[s] for s in range(11, 31)]  # bitwise on CPU
+
+
+def test_decode_uses_the_runs_generation_settings_and_the_command_line_overrides_them(trained_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    _, run_dir = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["generation"].update(max_len_a=0.0, max_len_b=1)  # as if the recipe capped outputs at one subword
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    src = "the cat sees a dog under the big red house\n"
+    short = run_cli("decode", f"run={run}", "threads=1", stdin=src.encode()).stdout
+    longer = run_cli("decode", f"run={run}", "threads=1", "generation.max_len_b=30", stdin=src.encode()).stdout
+    switched = run_cli("decode", f"run={run}", "threads=1", "generation=greedy", stdin=src.encode())
+    assert len(short.split()) <= 1 < len(longer.split())
+    assert len(switched.stdout.split()) <= 1  # generation=greedy switches the search, keeps the run's lengths
+    assert "strategy=greedy" in switched.stderr and "max_len_b=1" in switched.stderr
+
+
+def test_decode_reads_a_json_lines_field_in_order(trained_run, tmp_path):
+    _, run_dir = trained_run
+    src, _ = toy_corpus_lines(12, seed=4)
+    (tmp_path / "in.txt").write_text("\n".join(src) + "\n")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": i, "doc": s}) + "\n" for i, s in enumerate(src)))
+    plain = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", "threads=1").stdout
+    fields = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.jsonl'}", "input_field=doc",
+                     "threads=1").stdout
+    assert fields == plain and len(plain.splitlines()) == 12
+    bad = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.jsonl'}", "input_field=text", check=False)
+    assert bad.returncode != 0 and "in.jsonl, line 1: no field 'text'" in bad.stderr
