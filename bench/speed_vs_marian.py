@@ -91,7 +91,7 @@ def main() -> None:
           f"Marian {sum(p.numel() for p in b.parameters())/1e6:.2f}M")
 
     def ours_step(batch):
-        return a(batch.src, batch.prev_tokens, batch.target, 0.1)[0]
+        return a(batch.src, batch.prev_tokens, batch.target, 0.1).loss
 
     def marian_step(batch):
         logits = b(input_ids=batch.src, attention_mask=batch.src.ne(PAD), decoder_input_ids=batch.prev_tokens,
