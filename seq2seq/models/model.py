@@ -104,6 +104,11 @@ class OutputSizes:
     joint_vocabulary: bool  # source ids are target ids (one SentencePiece model)
 
 
+def _source_rows(enc: EncoderOut, select: torch.Tensor) -> torch.Tensor:
+    """The source ids [N, S] of each selected target position (select [B, T]), for a copy layer."""
+    return enc.src_tokens[:, None, :].expand(-1, select.size(1), -1)[select]
+
+
 class EncoderDecoder(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, output_layer: nn.Module, max_positions: int):
         super().__init__()
@@ -135,9 +140,7 @@ class EncoderDecoder(nn.Module):
             return self.output_layer.log_probs(out, enc.src_tokens)
         select = target.ne(PAD)
         rows = out.rows(select)
-        src_rows = None
-        if self.copy_choice is not None:
-            src_rows = enc.src_tokens[:, None, :].expand(-1, target.size(1), -1)[select]
+        src_rows = _source_rows(enc, select) if self.copy_choice is not None else None
         loss, nll = self.output_layer.loss(rows, src_rows, target[select], label_smoothing)
         coverage = (coverage_loss(out.attention.float(), select) if out.attention is not None
                     else loss.new_zeros(()))
@@ -155,8 +158,7 @@ class EncoderDecoder(nn.Module):
             return 0, total
         enc = self.encode(src)
         out = self.decoder(prev_tokens, enc, self.copy_choice)
-        src_rows = enc.src_tokens[:, None, :].expand(-1, target.size(1), -1)[select]
-        copied = self.output_layer.copied(out.rows(select), src_rows, target[select])
+        copied = self.output_layer.copied(out.rows(select), _source_rows(enc, select), target[select])
         return int(copied.sum()), total
 
     def check_report(self, report: AttentionChoice) -> None:
