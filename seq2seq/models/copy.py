@@ -13,8 +13,9 @@ string can be copied exactly.
 Everything is computed in log space: log P(w) = logaddexp(log p_gen + log P_vocab(w),
 log(1 - p_gen) + log copy(w)), with log p_gen = logsigmoid(z) and log(1 - p_gen) =
 logsigmoid(-z), so a saturated p_gen gives no NaN, and log copy(w) is -inf (with a zero
-gradient) where nothing is copied. The training loss walks over chunks of rows and never
-holds more than one chunk of [tokens x vocabulary] (see _ChunkedRowLoss).
+gradient) where nothing is copied. The training loss walks over chunks of rows, computes
+each chunk's gradients by hand (see _FusedCopyLoss) and never holds more than one chunk of
+[tokens x vocabulary].
 """
 from __future__ import annotations
 
@@ -31,47 +32,101 @@ def _safe_log(p: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p.clamp_min(1e-30).log(), torch.full_like(p, float("-inf")))
 
 
-class _ChunkedRowLoss(torch.autograd.Function):
-    """(loss, nll) = sum over chunks of fn(rows of the chunk, *shared), computing each chunk's
-    gradients right away so that only one chunk's intermediate tensors ([chunk x vocabulary])
-    ever exist. rows: tensors whose first dimension is the row; shared: parameters used by
-    every chunk. fn returns (loss, nll) of its chunk."""
+def first_occurrences(src: torch.Tensor) -> torch.Tensor:
+    """[N, S] bool: position j of row i holds a piece that does not occur earlier in the row."""
+    ordered, order = src.sort(dim=1, stable=True)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.zeros_like(first).scatter_(1, order, first)
+
+
+class _FusedCopyLoss(torch.autograd.Function):
+    """The pointer-generator's label-smoothed loss and its gradients, one chunk of rows at a time.
+
+    Per row, with g = p_gen, q = softmax(h W^T), c the copy distribution and P = g q + (1 - g) c:
+        loss = -(1 - eps) log P(t) - eps / V * sum_w log P(w).
+    Only the pieces of the row's source can have c(w) > 0, so for every other piece
+    log P(w) = log g + log q(w) exactly; the source pieces (counted once each) are corrected in
+    log space. With alpha(w) = g q(w) / P(w) and beta(w) = 1 - alpha(w) (the copied share of P(w)),
+    and coef(w) = (1 - eps) [w = t] + eps / V, the gradients are
+        d loss / d logits(j) = q(j) ((1 - eps) alpha(t) + eps / V sum_w alpha(w)) - coef(j) alpha(j)
+        d loss / d z         = sum_w coef(w) beta(w) - (1 - g)        (z: the gate's logit)
+        d loss / d a_i       = -coef(src_i) (1 - g) / P(src_i)         (a: the copy attention)
+    all bounded except the last, which is the true gradient of log P for a poorly attended piece.
+    So one chunk holds a few [chunk x vocabulary] buffers: the logits, q and the dense copy
+    distribution. The matmuls run in the autocast dtype, everything else in fp32.
+    """
 
     @staticmethod
-    def forward(ctx, fn, chunk: int, n_rows: int, *tensors):
-        rows, shared = tensors[:n_rows], tensors[n_rows:]
-        wants = [t.requires_grad for t in tensors]
-        grads = [torch.zeros_like(t) if w else None for t, w in zip(tensors, wants)]
-        loss = rows[0].new_zeros((), dtype=torch.float32)
-        nll = rows[0].new_zeros((), dtype=torch.float32)
-        n = rows[0].size(0)
-        for start in range(0, n, chunk):
-            inputs = [t[start : start + chunk].detach().requires_grad_(w) for t, w in zip(rows, wants)]
-            inputs += [t.detach().requires_grad_(w) for t, w in zip(shared, wants[n_rows:])]
-            with torch.enable_grad():
-                chunk_loss, chunk_nll = fn(*inputs)
-                needed = [x for x, w in zip(inputs, wants) if w]
-                got = iter(torch.autograd.grad(chunk_loss, needed, allow_unused=True)) if needed else iter(())
-            for i, w in enumerate(wants):
-                if not w:
-                    continue
-                g = next(got)
-                if g is None:
-                    continue
-                if i < n_rows:
-                    grads[i][start : start + chunk] = g
-                else:
-                    grads[i] += g
-            loss += chunk_loss.detach().float()
-            nll += chunk_nll.detach().float()
-        ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
-        ctx.wants = wants
+    def forward(ctx, features, weight, z, attention, src, target, smoothing: float, chunk: int):
+        n, vocab = features.size(0), weight.size(0)
+        device_type = features.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else features.dtype
+        w = weight.to(dtype)
+        acc = torch.promote_types(features.dtype, torch.float32)  # fp32, or fp64 for gradient checks
+        grad_features = torch.empty_like(features)
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_z = torch.empty(n, dtype=acc, device=z.device)
+        grad_attention = torch.empty(attention.shape, dtype=acc, device=attention.device)
+        loss = features.new_zeros((), dtype=acc)
+        nll = features.new_zeros((), dtype=acc)
+        eps = smoothing
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, n, chunk):
+                rows = slice(start, start + chunk)
+                h, t, s = features[rows].to(dtype), target[rows, None], src[rows]
+                zc, a = z[rows].to(acc), attention[rows].to(acc)
+                log_g, log_not_g = F.logsigmoid(zc)[:, None], F.logsigmoid(-zc)[:, None]
+                logits = (h @ w.t()).to(acc)
+                logits_sum = logits.sum(1)
+                top = logits.amax(1, keepdim=True)
+                picked = {"t": logits.gather(1, t), "s": logits.gather(1, s)}
+                q = logits.sub_(top).exp_()  # unnormalised softmax, in the logits' buffer
+                total = q.sum(1, keepdim=True)
+                lse = top + total.log()
+                copy = torch.zeros_like(q).scatter_add_(1, s, a)
+
+                def log_p(ids, logit):  # log P at the given pieces, the copied share beta, log g q
+                    log_gen = log_g + logit - lse
+                    log_copy = log_not_g + _safe_log(copy.gather(1, ids))
+                    both = torch.logaddexp(log_gen, log_copy)
+                    return both, (log_copy - both).exp(), log_gen
+
+                log_pt, beta_t, _ = log_p(t, picked["t"])
+                log_ps, beta_s, log_gen_s = log_p(s, picked["s"])
+                once = first_occurrences(s)
+                beta_once = beta_s * once
+                chunk_nll = -log_pt.sum()
+                # sum_w log P(w) = V log g + sum_w log q(w) + the corrections of the source pieces
+                sum_log_p = (vocab * log_g[:, 0] + logits_sum - vocab * lse[:, 0]
+                             + ((log_ps - log_gen_s) * once).sum(1))
+                nll += chunk_nll
+                loss += (1.0 - eps) * chunk_nll - eps / vocab * sum_log_p.sum()
+
+                alpha_t = 1.0 - beta_t
+                k = (1.0 - eps) * alpha_t + eps / vocab * (vocab - beta_once.sum(1, keepdim=True))
+                grad = q.mul_(k / total)  # softmax * k
+                grad.sub_(eps / vocab)
+                grad.scatter_add_(1, s, eps / vocab * beta_once)
+                grad.scatter_add_(1, t, -(1.0 - eps) * alpha_t)
+                grad_z[rows] = (1.0 - eps) * beta_t[:, 0] + eps / vocab * beta_once.sum(1) - log_not_g[:, 0].exp()
+                # (1 - g) / P(w), only where something is copied (elsewhere a_i = 0 and its softmax
+                # passes no gradient), capped at 1e30 like the log of the copy distribution in _log_probs
+                not_g_over_p = torch.where(copy.gather(1, s) > 0, (log_not_g - log_ps).clamp(max=69.0).exp(), 0.0)
+                coef = eps / vocab + (1.0 - eps) * (s == t).to(acc)
+                grad_attention[rows] = -coef * not_g_over_p
+                grad = grad.to(dtype)
+                grad_features[rows] = (grad @ w).to(features.dtype)
+                grad_weight.addmm_(grad.t().to(acc), h.to(acc))
+        ctx.save_for_backward(grad_features, grad_weight.to(weight.dtype), grad_z.to(z.dtype),
+                              grad_attention.to(attention.dtype))
         return loss, nll
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll):
-        grads = [g * grad_loss if w else None for g, w in zip(ctx.saved_tensors, ctx.wants)]
-        return (None, None, None, *grads)
+        grad_features, grad_weight, grad_z, grad_attention = ctx.saved_tensors
+        return (grad_features * grad_loss, grad_weight * grad_loss, grad_z * grad_loss, grad_attention * grad_loss,
+                None, None, None, None)
 
 
 def _parts(features, context, embedded, attention, src_tokens, gate_weight, gate_bias, vocab_weight):
@@ -125,11 +180,9 @@ class PointerGenerator(nn.Module):
         args = self._args(rows, src_rows)
         if not torch.is_grad_enabled():
             return smoothed_nll(_log_probs(*args), target, smoothing)
-
-        def chunk_loss(features, context, embedded, attention, src, tgt, *params):
-            return smoothed_nll(_log_probs(features, context, embedded, attention, src, *params), tgt, smoothing)
-
-        return _ChunkedRowLoss.apply(chunk_loss, self.chunk, 6, *args[:5], target, *args[5:])
+        z = self.gate(torch.cat([rows.features, rows.context, rows.embedded], dim=-1)).squeeze(-1)
+        return _FusedCopyLoss.apply(rows.features, self.vocab.weight, z, rows.attention, src_rows, target,
+                                    smoothing, self.chunk)
 
     @torch.no_grad()
     def copied(self, rows: DecoderOut, src_rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
