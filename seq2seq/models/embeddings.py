@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,17 +24,24 @@ class TokenEmbedding(nn.Embedding):
         return super().forward(tokens) * self.scale
 
 
+POSITIONS_LAYOUT = 2  # 1: sin/cos interleaved (before the exports); 2: sin | cos halves (Marian's and Pegasus's)
+
+
 class SinusoidalPositions(nn.Module):
-    """Fixed sin/cos position encodings (Vaswani et al., 2017), computed once up to max_positions."""
+    """Fixed sin/cos position encodings (Vaswani et al., 2017), computed once up to max_positions.
+
+    Position p (from 0) has sin(p / 10000^(2i/dim)) in column i of the first half and the cos of the same angle
+    in column i of the second half: the layout of Hugging Face's Marian and Pegasus, computed the same way (in
+    float64, then rounded), so that exported models see the very same numbers. Checkpoints carry the layout's
+    number in the buffer `layout`; seq2seq.decode.load_run refuses those trained with the older interleaved
+    layout (which had no such buffer): see check_positions_layout.
+    """
 
     def __init__(self, dim: int, max_positions: int):
         super().__init__()
-        position = torch.arange(max_positions, dtype=torch.float).unsqueeze(1)
-        freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float) * (-math.log(10000.0) / dim))
-        table = torch.zeros(max_positions, dim)
-        table[:, 0::2] = torch.sin(position * freq)
-        table[:, 1::2] = torch.cos(position * freq[: dim // 2])
-        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("table", sinusoid_table(max_positions, dim), persistent=False)
+        # a float, so that whatever handles every floating tensor alike (averaging, .half()) keeps it exact
+        self.register_buffer("layout", torch.tensor(float(POSITIONS_LAYOUT)))
         self.max_positions = max_positions
 
     def forward(self, length: int, offset: int = 0) -> torch.Tensor:
@@ -41,3 +49,33 @@ class SinusoidalPositions(nn.Module):
         if offset + length > self.max_positions:
             raise ValueError(f"sequence of {offset + length} positions exceeds model.max_positions={self.max_positions}")
         return self.table[offset : offset + length]
+
+
+def sinusoid_table(positions: int, dim: int) -> torch.Tensor:
+    """[positions, dim] float32: sines in the first ceil(dim/2) columns, cosines in the rest (Marian's formula)."""
+    angles = np.arange(positions, dtype=np.float64)[:, None] / np.power(10000, 2 * (np.arange(dim) // 2) / dim)
+    half = (dim + 1) // 2
+    table = torch.empty(positions, dim)
+    table[:, :half] = torch.from_numpy(np.sin(angles[:, 0::2])).float()
+    table[:, half:] = torch.from_numpy(np.cos(angles[:, 1::2])).float()
+    return table
+
+
+def check_positions_layout(model: nn.Module, weights: dict, path) -> None:
+    """Refuse a checkpoint whose Transformer was trained with another position layout than this version computes
+    (CheckpointError); weights: the checkpoint's state dict for model."""
+    from seq2seq.training.checkpoint import CheckpointError
+
+    for name, module in model.named_modules():
+        if not isinstance(module, SinusoidalPositions):
+            continue
+        saved = weights.get(f"{name}.layout")
+        if saved is None:
+            raise CheckpointError(
+                f"{path} predates the change of the Transformer's sinusoidal position layout (interleaved sin/cos, "
+                f"now sin | cos halves, which exports need): this version would compute other positions than it "
+                f"was trained with. Retrain the model, or decode or export it with the seq2seq version that "
+                f"trained it")
+        if float(saved) != POSITIONS_LAYOUT:
+            raise CheckpointError(f"{path}: position layout {float(saved):g} is not the one this version computes "
+                                  f"({POSITIONS_LAYOUT}); decode it with the seq2seq version that trained it")

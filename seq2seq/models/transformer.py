@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
