@@ -57,3 +57,47 @@ def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} does not fit this model (was it trained with another config?): "
                               + "; ".join(parts))
     model.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- step checkpoints and their average
+def step_checkpoints(folder: Path) -> list[Path]:
+    """A run's checkpoints/step_N.pt files, oldest (lowest N) first."""
+    folder = Path(folder)
+    steps = sorted(int(p.stem[5:]) for p in folder.glob("step_*.pt") if p.stem[5:].isdigit())
+    return [folder / f"step_{s}.pt" for s in steps]
+
+
+def last_step_checkpoints(run: str | Path, last: int) -> list[Path]:
+    """The run's newest `last` checkpoints/step_N.pt files, oldest first."""
+    folder = Path(run) / "checkpoints"
+    if last < 1:
+        raise ValueError(f"last={last}: average at least one checkpoint")
+    paths = step_checkpoints(folder)
+    if len(paths) < last:
+        raise FileNotFoundError(f"{folder} has {len(paths)} step checkpoints, fewer than last={last} "
+                                "(train with trainer.keep_last >= the number to average)")
+    return paths[-last:]
+
+
+def average_checkpoints(paths: list[Path]) -> dict:
+    """A checkpoint whose weights are the elementwise mean of the given checkpoints' (summed in float64;
+    integer buffers are the first checkpoint's). Used by seq2seq-average and by trainer.average_last."""
+    first = load_checkpoint(paths[0])
+    if "model" not in first or "model_config" not in first:
+        raise CheckpointError(f"{paths[0]} is not a seq2seq checkpoint (no model weights or model config)")
+    sums = {k: v.to(torch.float64) for k, v in first["model"].items() if v.is_floating_point()}
+    for path in paths[1:]:
+        state = load_checkpoint(path)
+        if state.get("model_config") != first["model_config"] or set(state.get("model", {})) != set(first["model"]):
+            raise CheckpointError(f"{path} holds another model than {paths[0]}: cannot average them")
+        for k in sums:
+            sums[k] += state["model"][k].to(torch.float64)
+    model = {k: (sums[k] / len(paths)).to(v.dtype) if k in sums else v for k, v in first["model"].items()}
+    return {"model": model, "model_config": first["model_config"], "step": _newest_step(paths),
+            "averaged": [str(p) for p in paths]}
+
+
+def _newest_step(paths: list[Path]) -> int:
+    """The newest averaged step (from step_N.pt names; 0 for other names)."""
+    steps = [int(Path(p).stem[5:]) for p in paths if Path(p).stem.startswith("step_") and Path(p).stem[5:].isdigit()]
+    return max(steps, default=0)

@@ -1,0 +1,69 @@
+"""Any language pair of a corpus by override: data.src=de data.tgt=en trains the reverse direction,
+with its own run name and its own preprocessing cache entry."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import overrides, run_cli, toy_corpus_lines
+from seq2seq.config import config_dir
+
+
+def composed(*args: str):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=list(args))
+
+
+def test_the_run_name_follows_the_language_pair():
+    forward = composed("recipe=multi30k_en_de_transformer")
+    assert forward.name == "multi30k_en_de_transformer" and forward.data.name == "multi30k_en_de"
+    reverse = composed("recipe=multi30k_en_de_transformer", "data.src=de", "data.tgt=en")
+    assert reverse.name == "multi30k_de_en_transformer" and reverse.data.name == "multi30k_de_en"
+    assert "/multi30k_de_en_transformer/" in reverse.run_dir
+    assert (reverse.data.src, reverse.data.tgt) == ("de", "en")
+    for recipe in ("multi30k_en_de_lstm_bahdanau", "multi30k_en_de_lstm_luong", "multi30k_en_de_lstm_luong_local"):
+        assert composed(f"recipe={recipe}", "data.src=de", "data.tgt=en").name == recipe.replace("en_de", "de_en")
+    assert composed("data.src=de", "data.tgt=en").name == "multi30k_de_en_transformer"  # no recipe: data.name
+
+
+def write_en_de(root: Path, name: str = "pair") -> tuple[list[str], list[str]]:
+    """A generated corpus with the file suffixes of a real one ({split}.en, {split}.de); the training lines."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    for split, n, seed in (("train", 300, 1), ("val", 20, 2), ("test", 20, 3)):
+        en, de = toy_corpus_lines(n, seed)
+        (folder / f"{split}.en").write_text("\n".join(en) + "\n")
+        (folder / f"{split}.de").write_text("\n".join(de) + "\n")
+        if split == "train":
+            lines = (en, de)
+    return lines
+
+
+def cache_entries(cache: Path) -> set[Path]:
+    """The complete preprocessing cache entries (one per fingerprint: tokenizer/, train.pt, valid.pt)."""
+    return {p for p in cache.iterdir() if (p / "done").is_file()} if cache.is_dir() else set()
+
+
+def train_direction(root: Path, run: Path, src: str, tgt: str) -> None:
+    args = [a for a in overrides(root, run, 2) if not a.startswith(("data.src=", "data.tgt=", "data.path="))]
+    run_cli("train", *args, "data.path=pair", f"data.src={src}", f"data.tgt={tgt}")
+
+
+def test_swapped_suffixes_train_the_reverse_direction_with_their_own_cache(tmp_path):
+    en, de = write_en_de(tmp_path)
+    cache = tmp_path / "cache"
+    train_direction(tmp_path, tmp_path / "de_en", "de", "en")
+    reverse = OmegaConf.load(tmp_path / "de_en" / "config.yaml")
+    assert reverse.name == "multi30k_de_en_transformer" and (reverse.data.src, reverse.data.tgt) == ("de", "en")
+    (reverse_entry,) = cache_entries(cache)
+    train_direction(tmp_path, tmp_path / "en_de", "en", "de")
+    assert OmegaConf.load(tmp_path / "en_de" / "config.yaml").name == "multi30k_en_de_transformer"
+    (forward_entry,) = cache_entries(cache) - {reverse_entry}  # the other direction did not reuse the entry
+
+    for entry, source, target in ((reverse_entry, de, en), (forward_entry, en, de)):
+        train = torch.load(entry / "train.pt", weights_only=True)
+        assert train["src_text"] == source and train["tgt_text"] == target  # de -> en: the source is German
+        assert (entry / "tokenizer").is_dir()
