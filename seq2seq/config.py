@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,20 @@ def to_dict(node) -> dict:
     if isinstance(node, DictConfig):
         return OmegaConf.to_container(node, resolve=True)
     return dict(node)
+
+
+def check_keys(group: str, node: dict, known) -> None:
+    """Refuse keys of a config group that nothing reads (e.g. added with +group.key=...), naming them."""
+    unknown = sorted(set(node) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {group} setting(s): {', '.join(f'{group}.{k}' for k in unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+
+
+def options_from(cls, group: str, node: dict):
+    """cls(**node) for a dataclass of options, refusing a key that is not one of its fields."""
+    check_keys(group, node, [f.name for f in fields(cls)])
+    return cls(**node)
 
 
 def setup_logging(rank: int = 0) -> None:

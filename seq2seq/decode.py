@@ -10,9 +10,20 @@ generation.<key>=<value> on the command line overrides one, and generation=<gree
 takes that group's search (strategy, beam_size, nbest, temperature, top_k, top_p).
 generation.print_alignment=true adds a tab-separated column of hard alignments, and
 attention=<folder> writes heatmaps and raw attention weights (seq2seq.visualize).
+
+The input is read chunk_lines documents at a time (sorted and batched within the chunk, written
+in input order before the next chunk is read), so memory does not grow with the file. A file
+output is written through <output>.partial and renamed when complete; an interrupted decode
+leaves the finished chunks there and logs how many lines they hold.
+
+backend=ctranslate2 decodes with CTranslate2 instead of PyTorch (pip install seq2seq[export]): the checkpoint
+is exported once into <run>/exports/ctranslate2-<checkpoint name>/ (again when the checkpoint changes), and
+compute_type=int8|int8_float32|float32|... picks CTranslate2's precision. Its greedy outputs in float32 are
+this project's; it has no attention to show, no coverage penalty, and another repetition penalty (refused).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -21,7 +32,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from seq2seq.config import config_dir, resolve_device, set_threads, setup_logging, to_dict
+from seq2seq.cli import Command
+from seq2seq.config import config_dir, options_from, resolve_device, set_threads, setup_logging, to_dict
 
 log = logging.getLogger("seq2seq.decode")
 
@@ -31,34 +43,68 @@ def load_run(run: str | Path, checkpoint: str = "best", device=None):
     import torch
 
     from seq2seq.data.tokenizer import Tokenizer
+    from seq2seq.models.embeddings import check_positions_layout
     from seq2seq.models.model import build_model
     from seq2seq.training.checkpoint import CheckpointError, load_checkpoint, load_model_state
 
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"run folder not found: {run}")
-    path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
+    path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last", "averaged") else Path(checkpoint)
     state = load_checkpoint(path)
     if "model" not in state or "model_config" not in state:
         raise CheckpointError(f"{path} is not a seq2seq checkpoint (no model weights or model config)")
     tokenizer = Tokenizer.load(run / "tokenizer")
     model = build_model(state["model_config"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint)
+    check_positions_layout(model, state["model"], path)
     load_model_state(model, state["model"], path)
     model.to(device or torch.device("cpu")).eval()
     return model, tokenizer, path
 
 
-def write_output(path: str, lines: list[str]) -> None:
-    text = "".join(line + "\n" for line in lines)
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+class OutputWriter:
+    """Writes output lines as they come: to stdout (flushed after each chunk), or to a file through
+    <file>.partial, renamed to <file> when everything is written; an interrupted decode leaves the
+    lines written so far in <file>.partial and says how many there are."""
+
+    def __init__(self, path: str):
+        self.path, self.lines = path, 0
+        if path == "-":
+            self.partial, self.stream = None, sys.stdout
+        else:
+            out = Path(path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.partial = out.with_name(out.name + ".partial")
+            self.stream = self.partial.open("w", encoding="utf-8")
+
+    def write(self, lines: list[str]) -> None:
+        self.stream.write("".join(line + "\n" for line in lines))
+        self.stream.flush()
+        self.lines += len(lines)
+
+    def close(self) -> None:
+        if self.partial is not None:
+            self.stream.close()
+            self.partial.replace(self.path)
+
+    def abort(self, inputs_done: int) -> None:
+        where = "to stdout" if self.partial is None else f"in {self.partial} ({self.path} was not written)"
+        if self.partial is not None:
+            self.stream.close()
+        log.warning("decoding stopped after %d input lines: their %d output lines are %s", inputs_done,
+                    self.lines, where)
+
+
+def chunks(items, size: int):
+    """Lists of up to size consecutive items of an iterable (the last one may be shorter)."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 SEARCH_KEYS = ("strategy", "beam_size", "nbest", "temperature", "top_k", "top_p")  # what a generation=<group> sets
@@ -94,11 +140,13 @@ def _command_line_overrides(generation: dict) -> list[str]:
     return [f"generation.{key}" for key in generation]
 
 
-def decode(cfg: DictConfig) -> list[str]:
+def decode(cfg: DictConfig) -> int:
+    """Decode cfg.input into cfg.output chunk by chunk (cfg.chunk_lines documents at a time, sorted and
+    batched within the chunk, written in input order before the next chunk is read); returns the
+    number of input documents."""
     from tqdm import tqdm
 
-    from seq2seq.data.corpus import read_documents
-    from seq2seq.generation.decoding import decode_ids
+    from seq2seq.data.corpus import iter_documents
     from seq2seq.generation.search import GenerationOptions
     from seq2seq.models.model import AttentionChoice
 
@@ -107,35 +155,89 @@ def decode(cfg: DictConfig) -> list[str]:
     device = resolve_device(cfg.device)
     composed = to_dict(cfg.generation)
     settings = generation_settings(composed, cfg.run, _command_line_overrides(composed))
-    opts = GenerationOptions(**settings)
-    lines = read_documents(cfg.input, cfg.input_field)
-    model, tokenizer, path = load_run(cfg.run, cfg.checkpoint, device)
+    opts = options_from(GenerationOptions, "generation", settings)
+    chunk_lines = cfg.get("chunk_lines", 10_000)
+    if not isinstance(chunk_lines, int) or chunk_lines < 1:
+        raise ValueError(f"chunk_lines={chunk_lines} must be a whole number >= 1")
+    documents = iter_documents(cfg.input, cfg.input_field)
+    first = list(itertools.islice(documents, chunk_lines))  # input errors of the first chunk before the model loads
     need_attention = bool(cfg.attention) or opts.print_alignment
-    if need_attention:
-        model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
-    log.info("decoding %d documents with %s (%s)", len(lines), path,
+    backend, compute_type = cfg.get("backend", "torch"), cfg.get("compute_type", "default")
+    model = None
+    if backend == "ctranslate2":  # the checkpoint exported once into <run>/exports/ (seq2seq.export)
+        from seq2seq.data.tokenizer import Tokenizer
+        from seq2seq.export import TOKENIZER_FOLDER, check_ctranslate2_options, ctranslate2_cache
+
+        check_ctranslate2_options(opts, need_attention)
+        path = ctranslate2_cache(cfg.run, cfg.checkpoint)
+        tokenizer = Tokenizer.load(path / TOKENIZER_FOLDER)
+    elif backend == "torch":
+        if compute_type != "default":
+            raise ValueError(f"compute_type={compute_type} is for backend=ctranslate2; backend=torch decodes in the "
+                             f"checkpoint's precision")
+        model, tokenizer, path = load_run(cfg.run, cfg.checkpoint, device)
+        if need_attention:
+            model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
+    else:
+        raise ValueError(f"backend={backend}: choose torch or ctranslate2")
+    log.info("decoding %s with %s (%s)", cfg.input, path,
              ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("print_alignment",)))
-    start = time.time()
-    src_ids = tokenizer.encode_src(lines)
-    with tqdm(total=len(lines), unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-        results = decode_ids(model, src_ids, opts, batch_tokens=cfg.batch_tokens, device=device,
-                             need_attention=need_attention, progress=bar)
+    start, done, attention_items = time.time(), 0, []
+    writer = OutputWriter(cfg.output)
+    try:
+        with tqdm(unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+            for chunk in chunks(itertools.chain(first, documents), chunk_lines):
+                src_ids = tokenizer.encode_src(chunk)
+                results = _decode_chunk(backend, model, path, src_ids, opts, cfg, device, compute_type,
+                                        need_attention, bar)
+                writer.write(format_outputs(results, tokenizer, opts, offset=done))
+                if cfg.attention:
+                    attention_items += _attention_items(tokenizer, src_ids, results, done, model.max_positions,
+                                                        cfg.attention_max_sentences - len(attention_items)
+                                                        if cfg.attention_max_sentences else 0)
+                done += len(chunk)
+    except BaseException:
+        writer.abort(done)
+        raise
+    writer.close()
+    seconds = time.time() - start
+    if cfg.attention:
+        from seq2seq.visualize import write_attention
+
+        written = write_attention(cfg.attention, attention_items, cfg.attention_max_sentences)
+        log.info("wrote attention of %d sentences to %s", written, cfg.attention)
+    log.info("decoded %d lines in %.1fs (%.1f sentences/s)", done, seconds, done / max(seconds, 1e-9))
+    return done
+
+
+def _decode_chunk(backend, model, path, src_ids, opts, cfg, device, compute_type: str, need_attention: bool, bar):
+    """Hypotheses of one chunk's sources, in order, with the chosen backend."""
+    if backend == "ctranslate2":
+        import torch
+
+        from seq2seq.export import decode_ctranslate2
+
+        return decode_ctranslate2(path, src_ids, opts, device=device, compute_type=compute_type,
+                                  threads=torch.get_num_threads(), batch_tokens=cfg.batch_tokens, progress=bar)
+    from seq2seq.generation.decoding import decode_ids
+
+    return decode_ids(model, src_ids, opts, batch_tokens=cfg.batch_tokens, device=device,
+                      need_attention=need_attention, progress=bar)
+
+
+def format_outputs(results, tokenizer, opts, offset: int = 0) -> list[str]:
+    """Output lines of a chunk's hypotheses: the best one per input, or with nbest > 1 one line per
+    hypothesis: input index (offset + position in the chunk), score, text; alignments when asked."""
     if opts.nbest == 1:
         out = [one_line(t) for t in tokenizer.decode_tgt([hyps[0].tokens for hyps in results])]
         if opts.print_alignment:
             out = [f"{text}\t{alignment_column(hyps[0])}" for text, hyps in zip(out, results)]
-    else:
-        out = []
-        for i, hyps in enumerate(results):
-            texts = [one_line(t) for t in tokenizer.decode_tgt([h.tokens for h in hyps])]
-            for h, t in zip(hyps, texts):
-                out.append(f"{i}\t{h.score:.4f}\t{t}" + (f"\t{alignment_column(h)}" if opts.print_alignment else ""))
-    seconds = time.time() - start
-    write_output(cfg.output, out)
-    if cfg.attention:
-        write_attention_folder(cfg.attention, tokenizer, src_ids, results, cfg.attention_max_sentences,
-                               model.max_positions)
-    log.info("decoded %d lines in %.1fs (%.1f sentences/s)", len(lines), seconds, len(lines) / max(seconds, 1e-9))
+        return out
+    out = []
+    for i, hyps in enumerate(results):
+        texts = [one_line(t) for t in tokenizer.decode_tgt([h.tokens for h in hyps])]
+        for h, t in zip(hyps, texts):
+            out.append(f"{offset + i}\t{h.score:.4f}\t{t}" + (f"\t{alignment_column(h)}" if opts.print_alignment else ""))
     return out
 
 
@@ -150,24 +252,32 @@ def alignment_column(hyp) -> str:
     return format_alignment(hard_alignment(hyp.attention)) if hyp.tokens else ""
 
 
-def write_attention_folder(folder: str, tokenizer, src_ids: list[list[int]], results, max_sentences: int,
-                           max_positions: int) -> None:
-    """Heatmaps and attention.jsonl for the best hypothesis of the first max_sentences non-empty lines."""
-    from seq2seq.visualize import write_attention
+def _attention_items(tokenizer, src_ids: list[list[int]], results, offset: int, max_positions: int,
+                     limit: int) -> list:
+    """(input index, source pieces, target pieces, weights) of the best hypothesis of each non-empty
+    source of a chunk, at most limit of them (0 = all): what seq2seq.visualize.write_attention draws."""
+    items = []
+    for i, (ids, hyps) in enumerate(zip(src_ids, results)):
+        if not ids:
+            continue
+        if limit and len(items) >= limit:
+            break
+        items.append((offset + i, tokenizer.src_pieces(ids[: max_positions - 1]), tokenizer.tgt_pieces(hyps[0].tokens),
+                      hyps[0].attention))
+    return items
 
-    items = ((i, tokenizer.src_pieces(ids[: max_positions - 1]), tokenizer.tgt_pieces(hyps[0].tokens),
-              hyps[0].attention) for i, (ids, hyps) in enumerate(zip(src_ids, results)) if ids)
-    written = write_attention(folder, items, max_sentences)
-    log.info("wrote attention of %d sentences to %s", written, folder)
+
+COMMAND = Command("decode")  # one-line error reports and exit codes: seq2seq.cli
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="decode")
+@COMMAND.task
 def _hydra_main(cfg: DictConfig) -> None:
     decode(cfg)
 
 
 def main() -> None:
-    _hydra_main()
+    COMMAND.run(_hydra_main)
 
 
 if __name__ == "__main__":

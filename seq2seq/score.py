@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from seq2seq.cli import Command
 from seq2seq.config import config_dir, setup_logging
 
 
@@ -28,13 +29,17 @@ def score_files(cfg: DictConfig) -> dict:
     return scores
 
 
+COMMAND = Command("score")  # one-line error reports and exit codes: seq2seq.cli
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="score")
+@COMMAND.task
 def _hydra_main(cfg: DictConfig) -> None:
     score_files(cfg)
 
 
 def main() -> None:
-    _hydra_main()
+    COMMAND.run(_hydra_main)
 
 
 if __name__ == "__main__":

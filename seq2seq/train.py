@@ -2,7 +2,8 @@
 
 Also `python -m seq2seq.train`, which is how torchrun launches it
 (`torchrun --nproc_per_node=N -m seq2seq.train recipe=...`; see docs/distributed.md).
-A run stopped by SIGTERM or SIGINT saves a checkpoint and exits with 128 + the signal's number.
+A run stopped by SIGTERM or SIGINT saves a checkpoint and exits with 128 + the signal's number; errors
+are reported in one line with exit code 2 (bad config or input) or 1 (a failure while training), see seq2seq.cli.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.config import config_dir, resolve_device, set_threads, setup_logging, to_dict
+from seq2seq.cli import Command
+from seq2seq.config import check_keys, config_dir, options_from, resolve_device, set_threads, setup_logging, to_dict
 
 log = logging.getLogger("seq2seq.train")
 
@@ -33,6 +35,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from seq2seq.training import distributed
     from seq2seq.training.trainer import Trainer, TrainerOptions
 
+    check_keys("dist", to_dict(cfg.dist), ("backend", "timeout_minutes", "main_wait_minutes"))
     dist = distributed.from_environment()
     setup_logging(dist.rank)
     device = resolve_device(cfg.device)
@@ -42,8 +45,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     set_threads(cfg.threads)
     distributed.init(dist, device, cfg.dist.backend, cfg.dist.timeout_minutes, cfg.dist.main_wait_minutes)
     run_dir = Path(distributed.broadcast_object(str(run_dir), dist))  # rank 0's folder for every rank
-    options = TrainerOptions(**to_dict(cfg.trainer))
-    generation = GenerationOptions(**to_dict(cfg.generation))
+    options = options_from(TrainerOptions, "trainer", to_dict(cfg.trainer))
+    generation = options_from(GenerationOptions, "generation", to_dict(cfg.generation))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / "train.log")
@@ -92,6 +95,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 def _schedule(cfg) -> dict:
     sched = to_dict(cfg.lr_scheduler)
+    check_keys("lr_scheduler", sched, ("name", "warmup_steps", "warmup_init_lr"))
     if sched.pop("name") != "inverse_sqrt":
         raise ValueError("lr_scheduler: only inverse_sqrt is implemented")
     return sched
@@ -112,7 +116,11 @@ def _check_same_tokenizer(tokenizer, dist) -> None:
                            "tokenizer than rank 0: put data.cache_dir on storage that every node shares")
 
 
+COMMAND = Command("train")  # one-line error reports and exit codes: seq2seq.cli
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@COMMAND.task
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -129,7 +137,7 @@ def main() -> None:
         scratch = Path(tempfile.gettempdir()) / f"seq2seq-hydra-scratch-{os.getuid()}"
         sys.argv = [a for a in sys.argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
-    _hydra_main()
+    COMMAND.run(_hydra_main)
 
 
 if __name__ == "__main__":

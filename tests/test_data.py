@@ -300,3 +300,105 @@ def test_separate_vocabularies(tmp_path):
     data = prepare_data(data_cfg, tok_cfg)
     assert not data.tokenizer.joint
     assert data.tokenizer.src_pieces(data.train.src[0]) != data.tokenizer.tgt_pieces(data.train.tgt[0])
+
+
+def toy_prepare_configs(root) -> tuple[dict, dict]:
+    """prepare_data's data and tokenizer configs for write_corpus's data under root (a tiny vocabulary)."""
+    data_cfg = dict(root=str(root), path="toy", format="text", src="src", tgt="tgt",
+                    splits={"train": "train", "valid": "val"}, cache_dir=str(root / "cache"))
+    return data_cfg, dict(joint=True, vocab_size=60, **TOK_OPTIONS)
+
+
+# Each process waits until both are ready (imports done), so that they prepare the same entry at the same moment.
+PREPARE_IN_A_PROCESS = """
+import hashlib, json, logging, sys, time
+from pathlib import Path
+from seq2seq.data.prepare import prepare_data
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+data_cfg, tok_cfg, me, everyone = json.loads(sys.argv[1])
+Path(me).touch()
+while not all(Path(p).exists() for p in everyone):
+    time.sleep(0.005)
+data = prepare_data(data_cfg, tok_cfg)
+ids = json.dumps([data.train.src, data.train.tgt, data.valid.src, data.valid.tgt]).encode()
+print(json.dumps({"model": hashlib.sha1(data.tokenizer.src.serialized_model_proto()).hexdigest(),
+                  "ids": hashlib.sha1(ids).hexdigest()}))
+"""
+
+
+def test_two_processes_prepare_one_fresh_cache_at_once(tmp_path):
+    import subprocess
+
+    write_corpus(tmp_path, n_train=600, n_valid=20)
+    data_cfg, tok_cfg = toy_prepare_configs(tmp_path)
+    ready = [str(tmp_path / f"ready{i}") for i in range(2)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen([sys.executable, "-c", PREPARE_IN_A_PROCESS,
+                               json.dumps([data_cfg, tok_cfg, me, ready])],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me in ready]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert results[0] == results[1]  # the same SentencePiece model and the same encoded ids
+    logs = [err for _, err in outputs]
+    assert sum("training SentencePiece" in err for err in logs) == 1, logs  # trained once, by one of them
+    other = next(err for err in logs if "training SentencePiece" not in err)
+    assert "using cached preprocessing" in other  # having waited for the lock, or (a slow start) after it
+    cache = next((tmp_path / "cache").iterdir())
+    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left behind
+
+
+def test_waiting_for_another_process_is_logged_and_then_reads_its_cache(tmp_path, caplog):
+    import threading
+
+    from filelock import FileLock
+
+    from seq2seq.data import prepare
+
+    write_corpus(tmp_path, n_train=300, n_valid=20)
+    data_cfg, tok_cfg = toy_prepare_configs(tmp_path)
+    cache = tmp_path / "cache" / prepare._fingerprint(data_cfg, tok_cfg)
+    cache.mkdir(parents=True)
+    other = FileLock(str(cache / "prepare.lock"))  # another process preparing this entry
+    other.acquire()
+    result = []
+    with caplog.at_level(logging.INFO):
+        waiter = threading.Thread(target=lambda: result.append(prepare_data(data_cfg, tok_cfg)), daemon=True)
+        waiter.start()
+        try:
+            for _ in range(500):
+                if "waiting for another process" in caplog.text:
+                    break
+                waiter.join(0.01)
+            assert "waiting for another process to finish preprocessing" in caplog.text and not result
+            # the other process fills the entry and lets go: the waiting one reads it instead of preprocessing again
+            built = prepare._build(data_cfg, tok_cfg, cache, 1)
+        finally:
+            other.release()
+        waiter.join(60)
+    assert result and result[0].train.src == built.train.src
+    assert caplog.text.count("training SentencePiece") == 1 and "using cached preprocessing" in caplog.text
+
+
+def test_files_left_by_a_killed_preparation_do_not_break_the_next_one(tmp_path):
+    from seq2seq.data.prepare import _fingerprint
+
+    write_corpus(tmp_path, n_train=300, n_valid=20)
+    data_cfg, tok_cfg = toy_prepare_configs(tmp_path)
+    cache = tmp_path / "cache" / _fingerprint(data_cfg, tok_cfg)
+    # what a process killed half-way leaves: temporary files (old and new names), a half-trained tokenizer in
+    # its temporary folder, a tokenizer folder with settings but no model (older versions), its lock file
+    (cache / ".tokenizer.4242.deadbeef.tmp").mkdir(parents=True)
+    (cache / ".tokenizer.4242.deadbeef.tmp" / "spm.model").write_bytes(b"half a model")
+    (cache / "tokenizer").mkdir()
+    (cache / "tokenizer" / "tokenizer.json").write_text('{"newline_piece": null, "byte_fallback": false}\n')
+    (cache / "train.tmp").write_bytes(b"\x80half a pickle")
+    (cache / ".train.pt.4242.cafef00d.tmp").write_bytes(b"\x80half a pickle")
+    (cache / "prepare.lock").touch()
+    data = prepare_data(data_cfg, tok_cfg)
+    assert len(data.train) == 300 and data.tokenizer.decode_tgt(data.train.tgt[:1]) == data.train.tgt_text[:1]
+    assert sorted(p.name for p in cache.iterdir() if p.name.endswith(".tmp")) == []  # cleaned up
+    again = prepare_data(data_cfg, tok_cfg)
+    assert again.train.src == data.train.src

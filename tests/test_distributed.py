@@ -5,11 +5,9 @@ generated corpus, so each run takes seconds.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli, tiny_train_overrides, transformer_config, write_corpus
+from conftest import REPO, _env, free_port, losses, make_trainer, overrides, run_cli, wait_for_steps, weights
 from seq2seq.data.batching import epoch_shard
-from seq2seq.training.trainer import Trainer, TrainerOptions
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("SEQ2SEQ_DATA", None)
-    return env
+from seq2seq.training.trainer import TrainerOptions
 
 
 def torchrun_cmd(*args: str, nproc: int = 2, launcher: tuple[str, ...] = ("--standalone",)) -> list[str]:
@@ -34,73 +26,9 @@ def torchrun_cmd(*args: str, nproc: int = 2, launcher: tuple[str, ...] = ("--sta
             "-m", "seq2seq.train", *args]
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env=_env(),
+def start(cmd: list[str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=cwd, env=_env(),
                             start_new_session=True)
-
-
-def steps_logged(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    return sum('"loss"' in line for line in path.read_text().splitlines()) if path.is_file() else 0
-
-
-def wait_for_steps(run: Path, proc: subprocess.Popen, n: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while steps_logged(run) < n:
-        assert proc.poll() is None, f"training ended early with {proc.returncode}"
-        assert time.time() < deadline, "training did not start in time"
-        time.sleep(0.05)
-
-
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-def weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
-    write_corpus(root)
-    return root
-
-
-def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, optim=None, **options) -> Trainer:
-    """A tiny Trainer in this process (for what needs no second process); config: a model config
-    (default a 1-layer Transformer), optim: optim keys to change."""
-    from seq2seq.data.prepare import prepare_data
-    from seq2seq.generation.search import GenerationOptions
-    from seq2seq.models.model import build_model
-
-    splits = {"train": "train", "valid": "val", "test": "test"}
-    data = prepare_data({"root": str(root), "path": "toy", "format": "text", "src": "src", "tgt": "tgt",
-                         "splits": splits, "cache_dir": str(root / "cache")},
-                        {"model_type": "unigram", "vocab_size": 80, "joint": True, "character_coverage": 1.0,
-                         "max_sentences": 10_000})
-    config = config or transformer_config(layers=1, dim=32, heads=2, ffn=64, dropout=0.1, max_positions=128)
-    torch.manual_seed(1)
-    model = build_model(config, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
-    opts = TrainerOptions(**{"max_steps": steps, "valid_every": 1000, "valid_max_sentences": 4, "log_every": 1,
-                             "progress": False, **options})
-    optim = {"lr": 0.005, "betas": (0.9, 0.98), "eps": 1e-9, "weight_decay": 0.0, "clip_norm": 1.0,
-             "label_smoothing": 0.1, **(optim or {})}
-    return Trainer(model, data, run, opts, optim=optim, schedule={"warmup_steps": 10, "warmup_init_lr": 1e-7},
-                   batch_tokens=600, valid_batch_tokens=2000, generation=GenerationOptions(strategy="greedy"),
-                   model_config=config, seed=1, device=torch.device("cpu"), **({"dist": dist} if dist else {}))
-
-
-def overrides(root: Path, run: Path, steps: int, *extra: str) -> list[str]:
-    return [*tiny_train_overrides(root, run, steps=steps), "trainer.valid_every=1000",
-            "trainer.valid_max_sentences=4", *extra]
 
 
 # ---------------------------------------------------------------- sharding
@@ -149,7 +77,13 @@ def test_ddp_over_two_nodes_equals_one_process_accumulating_the_same_micro_batch
     # ignores a constant shift): their float noise, summed in another order, would become lr-sized steps
     same = ("model.dropout=0", "optim.eps=1e-4")
     args = overrides(corpus, ddp, 3, *same, "trainer.accum_steps=2")
-    nodes = [start(torchrun_cmd(*args, nproc=1, launcher=launcher), corpus / f"node{i}.log") for i in range(2)]
+    # each node works in an empty folder of its own: a rank other than 0 that made a run or Hydra folder
+    # (relative to its working directory, where Hydra puts one by default) would leave something there
+    workdirs = [corpus / f"workdir{i}" for i in range(2)]
+    for workdir in workdirs:
+        workdir.mkdir()
+    nodes = [start(torchrun_cmd(*args, nproc=1, launcher=launcher), corpus / f"node{i}.log", cwd=workdirs[i])
+             for i in range(2)]
     run_cli("train", *overrides(corpus, single, 3, *same, "trainer.accum_steps=4"))
     for node in nodes:
         node.wait(timeout=300)
@@ -162,9 +96,7 @@ def test_ddp_over_two_nodes_equals_one_process_accumulating_the_same_micro_batch
     assert all(abs(la[s] - lb[s]) <= 1e-5 * abs(lb[s]) for s in la)  # logged losses are global sums
     state = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # every rank's generators
-    assert not [p for p in corpus.iterdir() if p.name not in ("cache", "toy", "two_nodes", "single", "rnn_ddp",
-                                                               "rnn_single", "preempted", "slow_valid", "warm")
-                and p.is_dir()]  # the other rank made no run folder of its own
+    assert [sorted(p.name for p in w.rglob("*")) for w in workdirs] == [[], []]  # no folder of any rank's own
 
 
 RNN_MODEL = ("model/encoder=lstm", "model/decoder=rnn", "model/attention=luong_local_p",

@@ -10,8 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
-from test_distributed import _env, corpus, losses, make_trainer, overrides, wait_for_steps, weights  # noqa: F401
+from conftest import REPO, _env, losses, make_trainer, overrides, run_cli, wait_for_steps, weights
 
 
 def test_sigterm_then_resume_gives_the_uninterrupted_loss_curve(corpus, tmp_path):

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from conftest import TOY_SYMBOLS, toy_corpus_lines, train_toy_model
 from seq2seq.data.batching import collate, pad_source
-from seq2seq.data.tokenizer import EOS, PAD
+from seq2seq.data.tokenizer import PAD
 from seq2seq.generation.search import GenerationOptions, generate
 from seq2seq.models.luong_local import LocalAttention
 from seq2seq.models.model import AttentionChoice, build_model

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from conftest import transformer_config
-from test_distributed import corpus, make_trainer  # noqa: F401
+from conftest import make_trainer, transformer_config
+from seq2seq.data.batching import collate
 from seq2seq.training.checkpoint import load_checkpoint
 
 
@@ -65,5 +65,27 @@ def test_copy_share_is_logged_and_coverage_switches_on_at_its_step(corpus, tmp_p
 
 
 def test_optim_refuses_unknown_keys(corpus, tmp_path):
-    with pytest.raises(ValueError, match="optim: unknown key"):
+    with pytest.raises(ValueError, match=r"unknown optim setting\(s\): optim.momentum"):
         make_trainer(corpus, tmp_path, 2, optim={"momentum": 0.9})
+
+
+def test_an_update_the_gradient_scaler_skips_advances_neither_step_nor_schedule(corpus, tmp_path):
+    """fp16's GradScaler skips an update whose gradients overflow; the step counter and the
+    learning-rate schedule must wait for the next real update. (A CPU scaler, and a gradient hook
+    that makes one gradient infinite, stand in for an fp16 overflow.)"""
+    trainer = make_trainer(corpus, tmp_path, 3)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    overflow = [True]
+    first = next(trainer.model.parameters())
+    first.register_hook(lambda grad: grad * float("inf") if overflow[0] else grad)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    idx = trainer._plan(trainer._epoch_batches())[0]
+    group = [collate([trainer.train_src[i] for i in idx], [trainer.train_tgt[i] for i in idx], idx)]
+    stats = trainer._train_step(group)
+    assert not stats.updated and trainer.step == 0
+    assert trainer.scaler.get_scale() == 512.0
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    overflow[0] = False
+    assert trainer._train_step(group).updated
+    assert trainer.step == 1
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.schedule(1))

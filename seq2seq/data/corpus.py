@@ -50,49 +50,79 @@ def _read_bytes(path: str) -> tuple[bytes, str]:
     return file.read_bytes(), str(path)
 
 
+def _line_text(raw: bytes, number: int, name: str) -> str:
+    """One line's text (without its line ending); invalid UTF-8 is an error naming the line and the byte."""
+    try:
+        return raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{name}, line {number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+
+
+def iter_lines(path: str):
+    """(line number from 1, text without its line ending) for each line of a UTF-8 text file, or of
+    stdin for '-', read as it goes: memory holds one line at a time."""
+    if path == "-":
+        stream, name, close = sys.stdin.buffer, "<stdin>", False
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise DataError(f"file not found: {path}")
+        stream, name, close = file.open("rb"), str(path), True
+    try:
+        for number, raw in enumerate(stream, start=1):
+            yield number, _line_text(raw[:-1] if raw.endswith(b"\n") else raw, number, name)
+    finally:
+        if close:
+            stream.close()
+
+
 def read_lines(path: str) -> list[str]:
     """All lines of a UTF-8 text file (or stdin for '-'), without line endings."""
-    raw, name = _read_bytes(path)
-    lines = _utf8(raw, name).split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return [text for _, text in iter_lines(path)]
+
+
+def _jsonl_record(line: str, number: int, name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The string values of the named fields of one JSON Lines line; a blank line, invalid JSON, a line
+    that is not an object, a missing field or a value that is not a string (null included) is an
+    error naming the file and the line."""
+    if not line.strip():
+        raise DataError(f"{name}, line {number}: empty line in a JSON Lines file")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{name}, line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise DataError(f"{name}, line {number}: JSON nested too deeply") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{name}, line {number}: a JSON {type(record).__name__}, not an object with the "
+                        f"field(s) {', '.join(fields)}")
+    for field in fields:
+        if field not in record:
+            raise DataError(f"{name}, line {number}: no field '{field}' (found: {', '.join(record)})")
+        if not isinstance(record[field], str):
+            kind = "null" if record[field] is None else type(record[field]).__name__
+            raise DataError(f"{name}, line {number}: field '{field}' is {kind}, not a string")
+    return tuple(record[field] for field in fields)
 
 
 def _jsonl_fields(path: str, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """The string values of the named fields, one tuple per line of a JSON Lines file (stdin for '-').
-
-    A blank line, invalid JSON, a line that is not an object, a missing field or a
-    value that is not a string (null included) is an error naming the file and the line.
-    """
+    """The string values of the named fields, one tuple per line of a JSON Lines file (stdin for '-')."""
     name = "<stdin>" if path == "-" else path
-    rows = []
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            raise DataError(f"{name}, line {number}: empty line in a JSON Lines file")
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{name}, line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{name}, line {number}: a JSON {type(record).__name__}, not an object with the "
-                            f"field(s) {', '.join(fields)}")
-        for field in fields:
-            if field not in record:
-                raise DataError(f"{name}, line {number}: no field '{field}' (found: {', '.join(record)})")
-            if not isinstance(record[field], str):
-                kind = "null" if record[field] is None else type(record[field]).__name__
-                raise DataError(f"{name}, line {number}: field '{field}' is {kind}, not a string")
-        rows.append(tuple(record[field] for field in fields))
-    return rows
+    return [_jsonl_record(line, number, name, fields) for number, line in iter_lines(path)]
+
+
+def iter_documents(path: str, field: str | None = None):
+    """The documents of read_documents one at a time, read as they are needed (bounded memory)."""
+    if not field:
+        return (text for _, text in iter_lines(path))
+    name = "<stdin>" if path == "-" else path
+    return (_jsonl_record(line, number, name, (field,))[0] for number, line in iter_lines(path))
 
 
 def read_documents(path: str, field: str | None = None) -> list[str]:
     """One document per input: the lines of a text file, or with field set the string field of each
     line of a JSON Lines file (stdin for '-'). Errors name the file and the line."""
-    if not field:
-        return read_lines(path)
-    return [doc for (doc,) in _jsonl_fields(path, (field,))]
+    return list(iter_documents(path, field))
 
 
 def read_jsonl(path: str, src_field: str, tgt_field: str) -> ParallelCorpus:

@@ -2,19 +2,21 @@
 
 The cache folder is keyed by everything that changes the result (the data and
 tokenizer settings and the files' sizes and times), so a second run with the same
-settings skips all preprocessing.
+settings skips all preprocessing. Several processes may prepare the same entry at
+once: one builds it under a file lock, the others wait and then read it (cachefiles.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from seq2seq.config import check_keys
+from seq2seq.data.cachefiles import cache_lock, remove_stale_temps, write_atomic
 from seq2seq.data.corpus import load_split
 from seq2seq.data.tokenizer import Tokenizer, build_tokenizer
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 CORPUS_KEYS = ("root", "path", "format", "src", "tgt", "splits", "hub_id", "hub_splits", "hub_config", "hub_revision")
 # every key a data config may have: the corpus, the training length limits, batch sizes (the trainer's), the cache
+TOKENIZER_KEYS = ("name", "model_type", "vocab_size", "joint", "character_coverage", "max_sentences",
+                  "newline_piece", "byte_fallback")
 DATA_KEYS = (*CORPUS_KEYS, "name", "max_src_len", "max_tgt_len", "long_pairs", "batch_tokens", "valid_batch_tokens",
              "cache_dir")
 LONG_PAIRS = ("truncate", "drop")
@@ -67,9 +71,8 @@ def _encode(tokenizer: Tokenizer, corpus) -> EncodedSplit:
 
 
 def _save(split: EncodedSplit, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"src": split.src, "tgt": split.tgt, "src_text": split.src_text, "tgt_text": split.tgt_text}, tmp)
-    os.replace(tmp, path)
+    blob = {"src": split.src, "tgt": split.tgt, "src_text": split.src_text, "tgt_text": split.tgt_text}
+    write_atomic(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _load(path: Path) -> EncodedSplit:
@@ -116,19 +119,25 @@ def filter_training_pairs(split: EncodedSplit, max_src_len: int, max_tgt_len: in
 def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
     """Encoded train and valid splits and their tokenizer, from the cache when it has them.
 
-    An unknown data key or long_pairs value is an error here, before any preprocessing.
+    An unknown data or tokenizer key or long_pairs value is an error here, before any preprocessing.
     """
-    unknown = sorted(set(data) - set(DATA_KEYS))
-    if unknown:
-        raise ValueError(f"unknown data setting(s): {', '.join('data.' + k for k in unknown)} "
-                         f"(known: {', '.join(DATA_KEYS)})")
+    check_keys("data", data, DATA_KEYS)
+    check_keys("tokenizer", tokenizer, TOKENIZER_KEYS)
     _check_long_pairs(data.get("long_pairs", "drop"))
     cache = Path(data["cache_dir"]) / _fingerprint(data, tokenizer)
-    corpus_args = {k: data.get(k) for k in CORPUS_KEYS}
     done = cache / "done"
-    if done.is_file():
-        log.info("using cached preprocessing in %s", cache)
-        return PreparedData(Tokenizer.load(cache / "tokenizer"), _load(cache / "train.pt"), _load(cache / "valid.pt"))
+    if not done.is_file():
+        with cache_lock(cache / "prepare.lock", f"preprocessing into {cache}"):
+            if not done.is_file():  # else the process we waited for has just built it
+                return _build(data, tokenizer, cache, seed)
+    log.info("using cached preprocessing in %s", cache)
+    return PreparedData(Tokenizer.load(cache / "tokenizer"), _load(cache / "train.pt"), _load(cache / "valid.pt"))
+
+
+def _build(data: dict, tokenizer: dict, cache: Path, seed: int) -> PreparedData:
+    """Fill the cache entry (the caller holds its lock): tokenizer/, train.pt, valid.pt, and last done."""
+    remove_stale_temps(cache, "train.pt", "valid.pt", "done")
+    corpus_args = {k: data.get(k) for k in CORPUS_KEYS}
     train = load_split("train", **corpus_args)
     valid = load_split("valid", **corpus_args)
     log.info("read %d training and %d validation pairs", len(train), len(valid))
@@ -139,5 +148,5 @@ def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
     encoded_train, encoded_valid = _encode(tok, train), _encode(tok, valid)
     _save(encoded_train, cache / "train.pt")
     _save(encoded_valid, cache / "valid.pt")
-    done.write_text("ok\n")
+    write_atomic(cache / "done", lambda tmp: tmp.write_text("ok\n"))
     return PreparedData(tok, encoded_train, encoded_valid)

@@ -9,14 +9,18 @@ outside the vocabulary instead of <unk>.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import random
 import re
 import shutil
 from pathlib import Path
 
 import sentencepiece as spm
+
+from seq2seq.data.cachefiles import cache_lock, remove_stale_temps, temp_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +55,19 @@ def train_sentencepiece(
     byte_fallback: bool = False,
     seed: int = 1,
 ) -> Path:
-    """Train one SentencePiece model on (a sample of) the non-empty sentences; returns the .model path."""
+    """Train one SentencePiece model on (a sample of) the non-empty sentences into prefix.model (and prefix.vocab,
+    its pieces and scores, for reading); returns the .model path. The files are written under temporary names and
+    renamed into place, and the model's bytes do not depend on where it is written (no model_prefix inside)."""
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise ValueError("cannot train SentencePiece: the training text is empty")
     if len(sentences) > max_sentences:
         sentences = random.Random(seed).sample(sentences, max_sentences)
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
-        model_prefix=str(prefix),
+        model_writer=model,
         model_type=model_type,
         vocab_size=vocab_size,
         character_coverage=character_coverage,
@@ -75,6 +82,11 @@ def train_sentencepiece(
         num_threads=2,
         minloglevel=2,
     )
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
+                    for i in range(processor.get_piece_size()))
+    write_atomic(Path(f"{prefix}.vocab"), lambda tmp: tmp.write_text(vocab, encoding="utf-8"))
+    write_atomic(Path(f"{prefix}.model"), lambda tmp: tmp.write_bytes(model.getvalue()))
     return Path(f"{prefix}.model")
 
 
@@ -190,25 +202,50 @@ def build_tokenizer(train_src: list[str], train_tgt: list[str], folder: Path, *,
                     newline_piece: str | None = None, byte_fallback: bool = False, **options) -> Tokenizer:
     """Train the tokenizer into folder, or load it when a previous run already trained it there.
 
-    The settings are written before training, so that a model in folder always has its settings beside it.
+    Safe for several processes at once: training runs under a file lock (folder + '.lock'), into a temporary
+    folder of this process's own, and the files are then renamed into folder, the settings first and the
+    model that completes the tokenizer last, so that a model in folder always has its settings beside it.
+    A process that waited for the lock loads what the other one trained.
     """
     try:
         return Tokenizer.load(folder)
     except FileNotFoundError:
         pass
     _check_newline_piece(newline_piece)
+    with cache_lock(folder.with_name(folder.name + ".lock"), f"training SentencePiece in {folder}"):
+        try:
+            return Tokenizer.load(folder)  # trained by the process we waited for
+        except FileNotFoundError:
+            pass
+        remove_stale_temps(folder.parent, folder.name)
+        tmp = temp_path(folder)
+        tmp.mkdir(parents=True)
+        try:
+            _train_into(tmp, train_src, train_tgt, joint=joint, newline_piece=newline_piece,
+                        byte_fallback=byte_fallback, **options)
+            folder.mkdir(parents=True, exist_ok=True)
+            last = ["spm.model"] if joint else ["spm.src.model", "spm.tgt.model"]
+            names = sorted(p.name for p in tmp.iterdir())
+            for name in [SETTINGS_FILE] + [n for n in names if n not in last and n != SETTINGS_FILE] + last:
+                os.replace(tmp / name, folder / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Tokenizer.load(folder)
+
+
+def _train_into(folder: Path, train_src: list[str], train_tgt: list[str], *, joint: bool,
+                newline_piece: str | None, byte_fallback: bool, **options) -> None:
+    """Write the settings and train the SentencePiece model(s) into folder (a new, private one)."""
     log.info("training SentencePiece (%s, vocab %d, %s%s%s)", options["model_type"], options["vocab_size"],
              "joint" if joint else "separate", f", newlines as {newline_piece}" if newline_piece else "",
              ", byte fallback" if byte_fallback else "")
-    settings = {"newline_piece": newline_piece, "byte_fallback": bool(byte_fallback)}
-    folder.mkdir(parents=True, exist_ok=True)
-    write_settings(folder, settings)
+    write_settings(folder, {"newline_piece": newline_piece, "byte_fallback": bool(byte_fallback)})
     if newline_piece is not None:
         train_src = [newlines_to_piece(s, newline_piece) for s in train_src]
         train_tgt = [newlines_to_piece(t, newline_piece) for t in train_tgt]
     options.update(user_defined_symbols=(newline_piece,) if newline_piece else (), byte_fallback=byte_fallback)
     if joint:
-        return Tokenizer(train_sentencepiece(train_src + train_tgt, folder / "spm", **options), **settings)
-    src = train_sentencepiece(train_src, folder / "spm.src", **options)
-    tgt = train_sentencepiece(train_tgt, folder / "spm.tgt", **options)
-    return Tokenizer(src, tgt, **settings)
+        train_sentencepiece(train_src + train_tgt, folder / "spm", **options)
+    else:
+        train_sentencepiece(train_src, folder / "spm.src", **options)
+        train_sentencepiece(train_tgt, folder / "spm.tgt", **options)

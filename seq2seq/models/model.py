@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from seq2seq.config import check_keys
 from seq2seq.data.tokenizer import PAD
 
 
@@ -222,6 +223,10 @@ def check_pairing(decoder: dict, attention: dict) -> None:
         )
 
 
+MODEL_KEYS = ("embed_dim", "dropout", "max_positions", "share_embeddings", "tie_output",
+              "encoder", "decoder", "attention", "output")  # dropout: read by the groups' ${model.dropout}
+
+
 def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int, joint_vocabulary: bool = True) -> EncoderDecoder:
     """Embeddings, encoder, decoder with its attention, and output layer, from the resolved model config.
 
@@ -229,6 +234,7 @@ def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int, joint_vocab
     copying from the source needs."""
     from seq2seq.models.embeddings import TokenEmbedding
 
+    check_keys("model", cfg, MODEL_KEYS)
     dim = cfg["embed_dim"]
     share = cfg["share_embeddings"]
     if share and src_vocab_size != tgt_vocab_size:

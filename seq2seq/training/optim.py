@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
+
+from seq2seq.config import options_from
 
 
 @dataclass
@@ -22,17 +24,15 @@ class OptimOptions:
 
     @classmethod
     def from_config(cls, node: dict) -> "OptimOptions":
-        unknown = sorted(set(node) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"optim: unknown key(s) {', '.join(unknown)}")
-        options = cls(**node)
+        options = options_from(cls, "optim", node)
         if options.coverage_loss < 0 or options.coverage_from_step < 0:
             raise ValueError("optim.coverage_loss and optim.coverage_from_step must be >= 0")
         return options
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, betas, eps: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms and embeddings' padding-free vectors (1-d parameters)."""
+    """AdamW; 1-d parameters (biases, norm gains) get no weight decay, every matrix does, the (shared)
+    embedding matrix included."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:

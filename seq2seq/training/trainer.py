@@ -26,8 +26,10 @@ from seq2seq.data.prepare import PreparedData
 from seq2seq.generation.decoding import decode_ids
 from seq2seq.generation.search import GenerationOptions
 from seq2seq.metrics import VALID_METRICS, higher_is_better, validation_score
+from seq2seq.models.embeddings import check_positions_layout
 from seq2seq.training import distributed
-from seq2seq.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from seq2seq.training.checkpoint import (average_checkpoints, load_checkpoint, load_model_state, save_checkpoint,
+                                         step_checkpoints)
 from seq2seq.training.distributed import DistInfo
 from seq2seq.training.optim import InverseSqrtSchedule, OptimOptions, build_optimizer
 
@@ -50,6 +52,7 @@ class TrainerOptions:
     patience: int = 0
     log_every: int = 50
     keep_last: int = 1
+    average_last: int = 0
     resume: bool = False
     progress: bool = True
     precision: str = "fp32"
@@ -65,6 +68,15 @@ class TrainerOptions:
             raise ValueError(f"trainer.precision={self.precision}: expected one of {', '.join(PRECISIONS)}")
         if self.valid_metric not in VALID_METRICS:
             raise ValueError(f"trainer.valid_metric={self.valid_metric}: expected one of {', '.join(VALID_METRICS)}")
+        if self.keep_last < 0:
+            raise ValueError(f"trainer.keep_last={self.keep_last}: expected 0 (no step checkpoints) or more")
+        if self.average_last < 0:
+            raise ValueError(f"trainer.average_last={self.average_last}: expected 0 (off) or the number of step "
+                             "checkpoints to average")
+        if self.average_last > self.keep_last:
+            raise ValueError(f"trainer.average_last={self.average_last} averages more step checkpoints than "
+                             f"trainer.keep_last={self.keep_last} keeps: set trainer.keep_last>={self.average_last} "
+                             "(or lower trainer.average_last)")
 
 
 @dataclass
@@ -75,7 +87,7 @@ class StepStats:
     nll: float
     coverage: float  # coverage loss (unweighted; 0 without attention)
     tokens: int      # target tokens
-    updated: bool    # False: skipped (non-finite loss or gradient)
+    updated: bool    # False: skipped (non-finite loss or gradient, or the fp16 scaler found inf/NaN)
 
 
 def _rng_state() -> dict:
@@ -192,14 +204,14 @@ class Trainer:
                 save_checkpoint(self._state(full=False), self.checkpoints / "best.pt")
             if self.opts.keep_last > 0:
                 save_checkpoint(self._state(full=False), self.checkpoints / f"step_{self.step}.pt")
-                steps = sorted(int(p.stem[5:]) for p in self.checkpoints.glob("step_*.pt") if p.stem[5:].isdigit())
-                for old in steps[: -self.opts.keep_last]:
-                    (self.checkpoints / f"step_{old}.pt").unlink(missing_ok=True)
+                for old in step_checkpoints(self.checkpoints)[: -self.opts.keep_last]:
+                    old.unlink(missing_ok=True)
         distributed.wait_for_main(self.dist)
 
     def resume(self) -> None:
         path = self.checkpoints / "last.pt"
         state = load_checkpoint(path)
+        check_positions_layout(self.model, state["model"], path)  # a clear message for pre-export checkpoints
         load_model_state(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
@@ -275,8 +287,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.scaler.get_scale() < scale:  # inf/NaN gradients: the scaler skipped the update
+                self.optimizer.zero_grad(set_to_none=True)
+                log.info("update %d skipped by the fp16 gradient scaler (scale %g -> %g); the step and the "
+                         "learning-rate schedule wait for a real update", self.step + 1, scale,
+                         self.scaler.get_scale())
+                return StepStats(loss_sum, nll_sum, coverage_sum, int(global_tokens), False)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -369,6 +388,55 @@ class Trainer:
         self.save(best=improved, plan_length=plan_length)
         return distributed.broadcast_flag(out_of_patience, self.dist)
 
+    # ---------------------------------------------------------------- averaging at the end
+    def average_last_checkpoints(self) -> dict | None:
+        """trainer.average_last=N: average the newest N step checkpoints into checkpoints/averaged.pt,
+        validate it, and make best.pt whichever of it and the best single checkpoint validates better
+        (a tie keeps the single one). Rank 0 works, the others wait; every rank returns rank 0's
+        metrics row ({"averaged": score, "best_single": score, "best_is": "averaged" | "single", ...})."""
+        row = None
+        if self.dist.is_main:
+            row = self._average_and_compare()
+        return distributed.broadcast_object(row, self.dist)
+
+    def _average_and_compare(self) -> dict | None:
+        n, metric = self.opts.average_last, self.opts.valid_metric
+        paths = step_checkpoints(self.checkpoints)[-n:]
+        if not paths:
+            log.warning("trainer.average_last=%d: no step checkpoints in %s, nothing to average", n, self.checkpoints)
+            return None
+        if len(paths) < n:
+            log.warning("trainer.average_last=%d: the run wrote only %d step checkpoint(s) (one per validation); "
+                        "averaging those", n, len(paths))
+        averaged = average_checkpoints(paths)
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            self.model.load_state_dict(averaged["model"])
+            valid = self.validate()
+        finally:
+            self.model.load_state_dict(trained)
+        score, single = valid[f"valid_{metric}"], self.best_score
+        better = (lambda a, b: a > b) if higher_is_better(metric) else (lambda a, b: a < b)
+        wins = single is None or better(score, single)
+        averaged.update(epoch=self.epoch, valid_metric=metric, valid_score=score, best_score=score)
+        save_checkpoint(averaged, self.checkpoints / "averaged.pt")
+        if wins:
+            save_checkpoint(averaged, self.checkpoints / "best.pt")
+            self.best_score = score
+            # last.pt carries the best score on: a resumed run replaces best.pt only with something better
+            last = load_checkpoint(self.checkpoints / "last.pt")
+            last["best_score"] = score
+            save_checkpoint(last, self.checkpoints / "last.pt")
+        steps = [int(p.stem[5:]) for p in paths]
+        row = {"step": self.step, "valid_metric": metric, "averaged": score, "best_single": single,
+               "best_is": "averaged" if wins else "single", "averaged_steps": steps,
+               "averaged_valid_nll": valid["valid_nll"], "averaged_valid_seconds": valid["valid_seconds"]}
+        self._metrics(row)
+        log.info("averaged step checkpoints %s into %s: %s %.2f vs best single checkpoint %s; best.pt is the %s",
+                 ", ".join(map(str, steps)), self.checkpoints / "averaged.pt", metric, score,
+                 "none" if single is None else f"{single:.2f}", "average" if wins else "best single checkpoint")
+        return row
+
     # ---------------------------------------------------------------- loop
     def _stop_reason(self) -> str | None:
         o = self.opts
@@ -376,7 +444,9 @@ class Trainer:
             return f"signal {signal.Signals(self.stop_signal).name}"
         if o.max_steps and self.step >= o.max_steps:
             return f"reached trainer.max_steps={o.max_steps}"
-        if o.max_minutes and self._elapsed() + self.last_valid_seconds >= o.max_minutes * 60:
+        # room for the final validation (and, with trainer.average_last, the average's)
+        final_validations = 2 if o.average_last else 1
+        if o.max_minutes and self._elapsed() + final_validations * self.last_valid_seconds >= o.max_minutes * 60:
             return f"reached trainer.max_minutes={o.max_minutes:g} (validation time included)"
         return None
 
@@ -485,9 +555,14 @@ class Trainer:
         elif validated_at != self.step:
             self._validate_and_save(len(plan))
         log.info("training stopped: %s", reason)
+        averaging = None
+        if o.average_last and self.stop_signal is None:  # a signalled run is unfinished: it averages when resumed
+            averaging = self.average_last_checkpoints()
         tps = total_tokens / max(train_seconds, 1e-9)
         summary = {"step": self.step, "epoch": self.epoch, f"best_valid_{o.valid_metric}": self.best_score,
                    "train_tokens_per_s": tps, "elapsed": self._elapsed(), "stop_reason": reason,
                    "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None}
+        if averaging is not None:
+            summary["averaging"] = averaging
         self._metrics({**summary, "final": True})
         return summary
