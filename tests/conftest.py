@@ -218,3 +218,13 @@ def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, opti
 def overrides(root: Path, run: Path, steps: int, *extra: str) -> list[str]:
     return [*tiny_train_overrides(root, run, steps=steps), "trainer.valid_every=1000",
             "trainer.valid_max_sentences=4", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """(data root, run folder) of a tiny Transformer trained for 60 steps through the real CLI, once per module."""
+    root = tmp_path_factory.mktemp("data")
+    write_corpus(root)
+    run_dir = root / "run"
+    run_cli("train", *tiny_train_overrides(root, run_dir, steps=60))
+    return root, run_dir

@@ -13,15 +13,6 @@ import pytest
 from conftest import losses, run_cli, tiny_train_overrides, toy_corpus_lines, write_corpus
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_corpus(root)
-    run_dir = root / "run"
-    run_cli("train", *tiny_train_overrides(root, run_dir, steps=60))
-    return root, run_dir
-
-
 def test_train_writes_a_complete_run_folder(trained_run):
     _, run_dir = trained_run
     for name in ("config.yaml", "tokenizer/spm.model", "checkpoints/best.pt", "checkpoints/last.pt",

@@ -22,19 +22,10 @@ pytest.importorskip("uvicorn", reason="seq2seq-serve needs the serve extra: pip 
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import run_cli, tiny_train_overrides, toy_corpus_lines, write_corpus  # noqa: E402
+from conftest import run_cli, toy_corpus_lines  # noqa: E402
 from seq2seq.serve import GENERATE_PATHS, Server, create_app  # noqa: E402
 
 INPUTS = toy_corpus_lines(12, seed=21)[0]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_data")
-    write_corpus(root)
-    run_dir = root / "run"
-    run_cli("train", *tiny_train_overrides(root, run_dir, steps=60))
-    return root, run_dir
 
 
 def make_client(run_dir: Path, **settings) -> TestClient:
