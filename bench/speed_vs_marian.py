@@ -85,7 +85,7 @@ def main() -> None:
     train = data.train
     order = bucket_batches([len(s) + 1 for s in train.src], [len(t) + 1 for t in train.tgt], args.batch_tokens,
                            shuffle=True, seed=1)[: args.steps + 1]
-    batches = [collate([train.src[i] for i in b], [train.tgt[i] for i in b], b) for b in order]
+    batches = [collate([train.src[i] for i in b], [train.tgt[i] for i in b]) for b in order]
     a, b = ours(vocab), marian(vocab)
     print(f"threads {torch.get_num_threads()} | parameters: seq2seq {sum(p.numel() for p in a.parameters())/1e6:.2f}M, "
           f"Marian {sum(p.numel() for p in b.parameters())/1e6:.2f}M")

@@ -43,9 +43,8 @@ def load_run(run: str | Path, checkpoint: str = "best", device=None):
     import torch
 
     from seq2seq.data.tokenizer import Tokenizer
-    from seq2seq.models.embeddings import check_positions_layout
     from seq2seq.models.model import build_model
-    from seq2seq.training.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from seq2seq.training.checkpoint import CheckpointError, check_positions_layout, load_checkpoint, load_model_state
 
     run = Path(run)
     if not run.is_dir():

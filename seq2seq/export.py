@@ -492,7 +492,7 @@ def export_run(run: str | Path, fmt: str, output: str | Path, checkpoint: str = 
         raise NotADirectoryError(f"output={folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "huggingface":
-        export_huggingface(model, tokenizer, folder, _saved_generation(run))
+        export_huggingface(model, tokenizer, folder, saved_generation(run))
     else:
         export_ctranslate2(model, tokenizer, folder)
     copy_tokenizer(tokenizer, folder)
@@ -501,7 +501,7 @@ def export_run(run: str | Path, fmt: str, output: str | Path, checkpoint: str = 
     return folder
 
 
-def _saved_generation(run):
+def saved_generation(run):
     """The run's decoding settings (config.yaml's generation) as GenerationOptions, None without them."""
     from dataclasses import fields
 

@@ -47,6 +47,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(distributed.broadcast_object(str(run_dir), dist))  # rank 0's folder for every rank
     options = options_from(TrainerOptions, "trainer", to_dict(cfg.trainer))
     generation = options_from(GenerationOptions, "generation", to_dict(cfg.generation))
+    schedule = _schedule(cfg)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / "train.log")
@@ -80,7 +81,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("model: %s encoder, %s decoder, %.2fM parameters, vocabulary %d/%d, %d training pairs",
              cfg.model.encoder.name, cfg.model.decoder.name, params / 1e6, data.tokenizer.src_vocab_size,
              data.tokenizer.tgt_vocab_size, len(data.train))
-    trainer = Trainer(model, data, run_dir, options, optim=to_dict(cfg.optim), schedule=_schedule(cfg),
+    trainer = Trainer(model, data, run_dir, options, optim=to_dict(cfg.optim), schedule=schedule,
                       batch_tokens=data_cfg["batch_tokens"], valid_batch_tokens=data_cfg["valid_batch_tokens"],
                       generation=generation, model_config=model_cfg, seed=cfg.seed, device=device, dist=dist)
     try:
@@ -93,12 +94,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
-def _schedule(cfg) -> dict:
-    sched = to_dict(cfg.lr_scheduler)
-    check_keys("lr_scheduler", sched, ("name", "warmup_steps", "warmup_init_lr"))
-    if sched.pop("name") != "inverse_sqrt":
-        raise ValueError("lr_scheduler: only inverse_sqrt is implemented")
-    return sched
+def _schedule(cfg):
+    """The learning-rate schedule of the lr_scheduler group, built (unknown keys and impossible values
+    refused) before the data and the model."""
+    from seq2seq.training.optim import build_schedule
+
+    return build_schedule(cfg.optim.lr, to_dict(cfg.lr_scheduler))
 
 
 def _check_same_tokenizer(tokenizer, dist) -> None:

@@ -53,7 +53,7 @@ def train_toy_model(model, steps: int = 400, batch_size: int = 64, lr: float = 2
     model.train()
     for step in range(steps):
         chunk = data[step * batch_size : (step + 1) * batch_size]
-        batch = collate([s for s, _ in chunk], [t for _, t in chunk], list(range(len(chunk))))
+        batch = collate([s for s, _ in chunk], [t for _, t in chunk])
         loss = model(batch.src, batch.prev_tokens, batch.target).loss
         optimizer.zero_grad()
         (loss / batch.ntokens).backward()
@@ -191,9 +191,10 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, optim=None, **options) -> Trainer:
+def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, optim=None, schedule=None,
+                 **options) -> Trainer:
     """A tiny Trainer in this process (for what needs no second process); config: a model config
-    (default a 1-layer Transformer), optim: optim keys to change."""
+    (default a 1-layer Transformer), optim: optim keys to change, schedule: the lr_scheduler group."""
     from seq2seq.data.prepare import prepare_data
     from seq2seq.generation.search import GenerationOptions
     from seq2seq.models.model import build_model
@@ -210,7 +211,8 @@ def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, opti
                              "progress": False, **options})
     optim = {"lr": 0.005, "betas": (0.9, 0.98), "eps": 1e-9, "weight_decay": 0.0, "clip_norm": 1.0,
              "label_smoothing": 0.1, **(optim or {})}
-    return Trainer(model, data, run, opts, optim=optim, schedule={"warmup_steps": 10, "warmup_init_lr": 1e-7},
+    return Trainer(model, data, run, opts, optim=optim,
+                   schedule=schedule or {"warmup_steps": 10, "warmup_init_lr": 1e-7},
                    batch_tokens=600, valid_batch_tokens=2000, generation=GenerationOptions(strategy="greedy"),
                    model_config=config, seed=1, device=torch.device("cpu"), **({"dist": dist} if dist else {}))
 

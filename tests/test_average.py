@@ -49,6 +49,10 @@ def test_averaged_weights_are_the_mean_of_the_last_n_step_checkpoints(corpus, tm
         expected = sum(s[key].to(torch.float64) for s in singles) / 3
         torch.testing.assert_close(value, expected.to(value.dtype), rtol=0, atol=1e-7)
     assert averaged["step"] == 8 and averaged["valid_metric"] == "loss"
+    embedding = next(k for k in singles[0] if "embed" in k and k.endswith(".weight"))
+    tied = [k for k, v in singles[0].items() if v.data_ptr() == singles[0][embedding].data_ptr()]
+    assert len(tied) >= 2  # shared embeddings and output layer: one tensor under several names...
+    assert len({averaged["model"][k].data_ptr() for k in tied}) == 1  # ...in the average too (stored once)
     assert averaged["model_config"] == load_checkpoint(folder / "last.pt")["model_config"]
     # the trainer's own weights are the last step's again after validating the average
     for key, value in trainer.model.state_dict().items():

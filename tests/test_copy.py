@@ -53,7 +53,7 @@ def copy_task(n: int, seed: int, names: bool) -> list[tuple[list[int], list[int]
 
 
 def batch_of(pairs):
-    return collate([s for s, _ in pairs], [t for _, t in pairs], list(range(len(pairs))))
+    return collate([s for s, _ in pairs], [t for _, t in pairs])
 
 
 _TRAINED: dict[str, torch.nn.Module] = {}

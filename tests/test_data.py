@@ -210,14 +210,15 @@ def test_prepare_passes_the_tokenizer_options_through(tmp_path):
     data = prepare_data(data_cfg, tok_cfg)
     newline = data.tokenizer.src.piece_to_id("<nl>")
     assert data.tokenizer.newline_piece == "<nl>" and data.tokenizer.tgt.piece_to_id("<nl>") != UNK
-    assert [ids.count(newline) for ids in data.train.src] == [text.count("\n") for text in data.train.src_text]
-    assert "\n" in data.valid.src_text[0]  # the texts stay as read
+    train_src, _ = dialogues(300, 1)
+    assert [ids.count(newline) for ids in data.train.src] == [text.count("\n") for text in train_src]
+    assert data.valid.tgt_text == dialogues(20, 2)[1] and data.train.tgt_text == []  # references: validation only
     cached = prepare_data(data_cfg, tok_cfg)
     assert cached.tokenizer.settings == data.tokenizer.settings and cached.train.src == data.train.src
 
 
 def test_filtering_counts_empty_and_long_pairs(caplog):
-    split = EncodedSplit([[5], [], [5] * 50, [6, 7]], [[5], [5], [5], []], ["a", "", "x", "b"], ["a", "b", "c", ""])
+    split = EncodedSplit([[5], [], [5] * 50, [6, 7]], [[5], [5], [5], []], ["a", "b", "c", ""])
     with caplog.at_level(logging.WARNING):
         kept = filter_training_pairs(split, max_src_len=10, max_tgt_len=10)
     assert kept.src == [[5]]
@@ -225,12 +226,11 @@ def test_filtering_counts_empty_and_long_pairs(caplog):
 
 
 def test_long_pairs_truncate_cuts_and_counts_and_drop_drops(caplog):
-    split = EncodedSplit([[5] * 30, [6] * 3, [7] * 4, []], [[8] * 2, [9] * 20, [4] * 2, [5]],
-                         ["long source", "long target", "short", ""], ["a", "b", "c", "d"])
+    split = EncodedSplit([[5] * 30, [6] * 3, [7] * 4, []], [[8] * 2, [9] * 20, [4] * 2, [5]], ["a", "b", "c", "d"])
     with caplog.at_level(logging.WARNING):
         kept = filter_training_pairs(split, max_src_len=10, max_tgt_len=8, long_pairs="truncate")
     assert [len(s) for s in kept.src] == [9, 3, 4] and [len(t) for t in kept.tgt] == [2, 7, 2]  # + EOS = the limits
-    assert kept.src_text == ["long source", "long target", "short"] and kept.tgt_text == ["a", "b", "c"]
+    assert kept.tgt_text == ["a", "b", "c"]  # the references of the pairs kept
     assert "truncated 1 sources to 10 and 1 targets to 8 subwords" in caplog.text
     assert "dropped 1 pairs with an empty side and 0 longer" in caplog.text
     caplog.clear()
@@ -262,7 +262,7 @@ def test_shards_are_disjoint_and_equal_in_number():
 
 
 def test_collate_adds_bos_eos_and_padding():
-    batch = collate([[5, 6], [7]], [[8], [9, 10, 11]], [0, 1])
+    batch = collate([[5, 6], [7]], [[8], [9, 10, 11]])
     assert batch.src.tolist() == [[5, 6, EOS], [7, EOS, PAD]]
     assert batch.prev_tokens.tolist() == [[BOS, 8, PAD, PAD], [BOS, 9, 10, 11]]
     assert batch.target.tolist() == [[8, EOS, PAD, PAD], [9, 10, 11, EOS]]
@@ -282,7 +282,8 @@ def test_prepare_trains_sentencepiece_once_and_caches(tmp_path, caplog):
         second = prepare_data(data_cfg, tok_cfg)
     assert "using cached preprocessing" in caplog.text and "training SentencePiece" not in caplog.text
     assert first.train.src == second.train.src and len(first.train) == 1500 and len(first.valid) == 40
-    text = first.train.tgt_text[0]
+    assert second.valid.tgt_text == first.valid.tgt_text and len(first.valid.tgt_text) == 40
+    text = first.valid.tgt_text[0]
     assert first.tokenizer.decode_tgt([first.tokenizer.encode_tgt([text])[0]]) == [text]
     # another vocabulary size is another cache entry
     tok_cfg["vocab_size"] = 60
@@ -398,7 +399,7 @@ def test_files_left_by_a_killed_preparation_do_not_break_the_next_one(tmp_path):
     (cache / ".train.pt.4242.cafef00d.tmp").write_bytes(b"\x80half a pickle")
     (cache / "prepare.lock").touch()
     data = prepare_data(data_cfg, tok_cfg)
-    assert len(data.train) == 300 and data.tokenizer.decode_tgt(data.train.tgt[:1]) == data.train.tgt_text[:1]
+    assert len(data.train) == 300 and data.tokenizer.decode_tgt(data.valid.tgt[:1]) == data.valid.tgt_text[:1]
     assert sorted(p.name for p in cache.iterdir() if p.name.endswith(".tmp")) == []  # cleaned up
     again = prepare_data(data_cfg, tok_cfg)
     assert again.train.src == data.train.src

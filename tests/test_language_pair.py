@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import overrides, run_cli, toy_corpus_lines
 from seq2seq.config import config_dir
+from seq2seq.data.tokenizer import Tokenizer
 
 
 def composed(*args: str):
@@ -29,17 +30,17 @@ def test_the_run_name_follows_the_language_pair():
     assert composed("data.src=de", "data.tgt=en").name == "multi30k_de_en_transformer"  # no recipe: data.name
 
 
-def write_en_de(root: Path, name: str = "pair") -> tuple[list[str], list[str]]:
-    """A generated corpus with the file suffixes of a real one ({split}.en, {split}.de); the training lines."""
+def write_en_de(root: Path, name: str = "pair") -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    """A generated corpus with the file suffixes of a real one ({split}.en, {split}.de); the (en, de) lines
+    of the training and validation splits."""
     folder = root / name
     folder.mkdir(parents=True)
+    lines = {}
     for split, n, seed in (("train", 300, 1), ("val", 20, 2), ("test", 20, 3)):
-        en, de = toy_corpus_lines(n, seed)
-        (folder / f"{split}.en").write_text("\n".join(en) + "\n")
-        (folder / f"{split}.de").write_text("\n".join(de) + "\n")
-        if split == "train":
-            lines = (en, de)
-    return lines
+        lines[split] = toy_corpus_lines(n, seed)
+        for lang, text in zip(("en", "de"), lines[split]):
+            (folder / f"{split}.{lang}").write_text("\n".join(text) + "\n")
+    return lines["train"], lines["val"]
 
 
 def cache_entries(cache: Path) -> set[Path]:
@@ -53,7 +54,7 @@ def train_direction(root: Path, run: Path, src: str, tgt: str) -> None:
 
 
 def test_swapped_suffixes_train_the_reverse_direction_with_their_own_cache(tmp_path):
-    en, de = write_en_de(tmp_path)
+    (en, de), (val_en, val_de) = write_en_de(tmp_path)
     cache = tmp_path / "cache"
     train_direction(tmp_path, tmp_path / "de_en", "de", "en")
     reverse = OmegaConf.load(tmp_path / "de_en" / "config.yaml")
@@ -63,7 +64,8 @@ def test_swapped_suffixes_train_the_reverse_direction_with_their_own_cache(tmp_p
     assert OmegaConf.load(tmp_path / "en_de" / "config.yaml").name == "multi30k_en_de_transformer"
     (forward_entry,) = cache_entries(cache) - {reverse_entry}  # the other direction did not reuse the entry
 
-    for entry, source, target in ((reverse_entry, de, en), (forward_entry, en, de)):
+    for entry, source, target, reference in ((reverse_entry, de, en, val_en), (forward_entry, en, de, val_de)):
         train = torch.load(entry / "train.pt", weights_only=True)
-        assert train["src_text"] == source and train["tgt_text"] == target  # de -> en: the source is German
-        assert (entry / "tokenizer").is_dir()
+        tokenizer = Tokenizer.load(entry / "tokenizer")
+        assert train["src"] == tokenizer.encode_src(source) and train["tgt"] == tokenizer.encode_tgt(target)
+        assert torch.load(entry / "valid.pt", weights_only=True)["tgt_text"] == reference  # de -> en: English

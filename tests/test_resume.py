@@ -96,3 +96,47 @@ def test_step_checkpoints_rotate_and_average_to_their_mean(corpus, tmp_path):
         assert torch.equal(value, averaged[key])
     with pytest.raises(FileNotFoundError, match="fewer than last=3"):
         average(OmegaConf.create({"run": str(tmp_path), "last": 3, "output": None}))
+
+
+def test_checkpoint_write_failing_midway_keeps_last_and_resume_is_exact(corpus, tmp_path, monkeypatch):
+    """The disk fills up while last.pt is being rewritten at step 8: half a file is written, then the
+    write fails. Training stops with a one-line reason, the step-4 last.pt is intact, no temporary file is
+    left, and resuming from it gives the weights of a run that never failed."""
+    import errno
+
+    from seq2seq.cli import FAILURE, exit_code, one_line
+    from seq2seq.training import checkpoint
+
+    straight, failed = tmp_path / "straight", tmp_path / "failed"
+    make_trainer(corpus, straight, 12, valid_every=4).fit()
+
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+        calls.append(obj.get("step"))
+        if obj.get("step") != 8:
+            return real_save(obj, f, *args, **kwargs)
+        import io
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer = make_trainer(corpus, failed, 12, valid_every=4)
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_is_full)
+    with pytest.raises(checkpoint.CheckpointWriteError) as info:
+        trainer.fit()
+    monkeypatch.undo()
+    message = one_line(info.value)
+    assert message.startswith(f"cannot write checkpoint {failed / 'checkpoints' / 'last.pt'}: no space left on device")
+    assert "the previous last.pt is intact" in message and "trainer.resume=true" in message
+    assert exit_code(info.value) == FAILURE
+    assert calls[-1] == 8 and trainer.step == 8
+    assert sorted(p.name for p in (failed / "checkpoints").iterdir()) == ["best.pt", "last.pt", "step_4.pt"]
+    assert torch.load(failed / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+
+    make_trainer(corpus, failed, 12, valid_every=4, resume=True).fit()
+    a, b = losses(straight), losses(failed)
+    assert [a[s] for s in range(5, 13)] == [b[s] for s in range(5, 13)]
+    for key, value in weights(straight / "checkpoints" / "last.pt").items():
+        assert torch.equal(value, weights(failed / "checkpoints" / "last.pt")[key]), key

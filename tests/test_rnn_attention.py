@@ -194,7 +194,7 @@ def test_local_m_window_follows_the_target_position_and_stops_at_the_source_end(
 def test_each_variant_learns_to_copy(variant):
     model = trained(variant)
     test = copy_pairs(200, seed=99)
-    batch = collate([s for s, _ in test], [t for _, t in test], list(range(len(test))))
+    batch = collate([s for s, _ in test], [t for _, t in test])
     with torch.no_grad():
         predicted = model(batch.src, batch.prev_tokens).argmax(-1)
     real = batch.target.ne(PAD)
@@ -228,7 +228,7 @@ def test_beam_logprob_equals_forced_decoding(variant):
                        need_attention=True)
     for src, hyps in zip(sources, results):
         assert len(hyps) == 4
-        batch = collate([src] * len(hyps), [h.tokens for h in hyps], list(range(len(hyps))))
+        batch = collate([src] * len(hyps), [h.tokens for h in hyps])
         with torch.no_grad():
             logp = model(batch.src, batch.prev_tokens).float().log_softmax(-1)
         forced = logp.gather(2, batch.target[:, :, None])[:, :, 0].masked_fill(batch.target.eq(PAD), 0).sum(1)

@@ -24,7 +24,7 @@ def test_tiny_transformer_learns_reversal(toy_model):
 
 def test_incremental_decoding_matches_full_recomputation(toy_model):
     pairs = toy_pairs(6, seed=5)
-    batch = collate([s for s, _ in pairs], [t for _, t in pairs], list(range(6)))
+    batch = collate([s for s, _ in pairs], [t for _, t in pairs])
     with torch.no_grad():
         full = toy_model(batch.src, batch.prev_tokens).log_softmax(-1)
         state = toy_model.init_state(toy_model.encode(batch.src))
@@ -126,7 +126,7 @@ def test_fused_loss_matches_plain_cross_entropy():
     model = build_model(transformer_config(dropout=0.0), 4 + TOY_SYMBOLS, 4 + TOY_SYMBOLS)
     model.output_layer.chunk = 7  # several chunks, one of them partial
     pairs = toy_pairs(9, seed=1)
-    batch = collate([s for s, _ in pairs], [t for _, t in pairs], list(range(9)))
+    batch = collate([s for s, _ in pairs], [t for _, t in pairs])
     out = model(batch.src, batch.prev_tokens, batch.target, 0.1)
     loss, nll = out.loss, out.nll
     loss.backward()

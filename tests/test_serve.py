@@ -3,6 +3,7 @@ requests, the token, and the web page (TestClient in-process; a real uvicorn ser
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -392,14 +393,18 @@ def test_page_script_runs_against_a_live_server_in_node(trained_run, tmp_path):
 
 
 def _chromium() -> str | None:
+    """A Chromium binary: $SEQ2SEQ_CHROMIUM (e.g. a headless build from npm's @sparticuz/chromium), or one on PATH."""
+    if os.environ.get("SEQ2SEQ_CHROMIUM"):
+        return os.environ["SEQ2SEQ_CHROMIUM"]
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
         if shutil.which(name):
             return shutil.which(name)
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (chromium, chromium-browser or "
-                                                "google-chrome on PATH): the page is not rendered in a browser")
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (SEQ2SEQ_CHROMIUM, or chromium, "
+                                                "chromium-browser or google-chrome on PATH): the page is not "
+                                                "rendered in a browser")
 def test_page_in_headless_chromium_draws_the_heatmap(trained_run, tmp_path):
     _, run_dir = trained_run
     live = LiveServer(create_app(Server.from_runs({"toy": run_dir})))

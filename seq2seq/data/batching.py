@@ -13,12 +13,11 @@ class Batch:
     src: torch.Tensor          # [B, S] source ids ending in EOS, right-padded
     prev_tokens: torch.Tensor  # [B, T] BOS + target (teacher forcing input)
     target: torch.Tensor       # [B, T] target + EOS
-    indices: torch.Tensor      # [B] positions of the pairs in their split
     ntokens: int               # non-pad target tokens
 
     def to(self, device) -> "Batch":
         return Batch(self.src.to(device, non_blocking=True), self.prev_tokens.to(device, non_blocking=True),
-                     self.target.to(device, non_blocking=True), self.indices, self.ntokens)
+                     self.target.to(device, non_blocking=True), self.ntokens)
 
 
 def _pad(seqs: list, first: int | None, last: int | None) -> torch.Tensor:
@@ -44,10 +43,9 @@ def pad_source(seqs: list, max_len: int | None = None) -> torch.Tensor:
     return _pad(seqs, None, EOS)
 
 
-def collate(src: list, tgt: list, indices: list[int]) -> Batch:
+def collate(src: list, tgt: list) -> Batch:
     """A training batch; sequences are lists or 1-d tensors of ids."""
-    return Batch(_pad(src, None, EOS), _pad(tgt, BOS, None), _pad(tgt, None, EOS), torch.as_tensor(indices),
-                 int(sum(len(t) + 1 for t in tgt)))
+    return Batch(_pad(src, None, EOS), _pad(tgt, BOS, None), _pad(tgt, None, EOS), int(sum(len(t) + 1 for t in tgt)))
 
 
 def bucket_batches(

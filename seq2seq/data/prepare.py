@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,15 +35,15 @@ LONG_PAIRS = ("truncate", "drop")
 class EncodedSplit:
     src: list[list[int]]
     tgt: list[list[int]]
-    src_text: list[str]
-    tgt_text: list[str]
+    # the targets as read, kept for the validation split only (what its decoded outputs are scored against)
+    tgt_text: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.src)
 
     def select(self, indices: list[int]) -> "EncodedSplit":
         return EncodedSplit([self.src[i] for i in indices], [self.tgt[i] for i in indices],
-                            [self.src_text[i] for i in indices], [self.tgt_text[i] for i in indices])
+                            [self.tgt_text[i] for i in indices] if self.tgt_text else [])
 
 
 @dataclass
@@ -66,18 +66,19 @@ def _fingerprint(data: dict, tokenizer: dict) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def _encode(tokenizer: Tokenizer, corpus) -> EncodedSplit:
-    return EncodedSplit(tokenizer.encode_src(corpus.src), tokenizer.encode_tgt(corpus.tgt), corpus.src, corpus.tgt)
+def _encode(tokenizer: Tokenizer, corpus, keep_text: bool) -> EncodedSplit:
+    return EncodedSplit(tokenizer.encode_src(corpus.src), tokenizer.encode_tgt(corpus.tgt),
+                        list(corpus.tgt) if keep_text else [])
 
 
 def _save(split: EncodedSplit, path: Path) -> None:
-    blob = {"src": split.src, "tgt": split.tgt, "src_text": split.src_text, "tgt_text": split.tgt_text}
+    blob = {"src": split.src, "tgt": split.tgt, "tgt_text": split.tgt_text}
     write_atomic(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _load(path: Path) -> EncodedSplit:
     blob = torch.load(path, weights_only=True)
-    return EncodedSplit(blob["src"], blob["tgt"], blob["src_text"], blob["tgt_text"])
+    return EncodedSplit(blob["src"], blob["tgt"], blob.get("tgt_text", []))
 
 
 def _check_long_pairs(long_pairs) -> None:
@@ -145,7 +146,7 @@ def _build(data: dict, tokenizer: dict, cache: Path, seed: int) -> PreparedData:
     tok = build_tokenizer(train.src, train.tgt, cache / "tokenizer", joint=tokenizer["joint"], seed=seed,
                           newline_piece=tokenizer.get("newline_piece"),
                           byte_fallback=tokenizer.get("byte_fallback", False), **tok_options)
-    encoded_train, encoded_valid = _encode(tok, train), _encode(tok, valid)
+    encoded_train, encoded_valid = _encode(tok, train, keep_text=False), _encode(tok, valid, keep_text=True)
     _save(encoded_train, cache / "train.pt")
     _save(encoded_valid, cache / "valid.pt")
     write_atomic(cache / "done", lambda tmp: tmp.write_text("ok\n"))

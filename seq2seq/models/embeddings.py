@@ -34,7 +34,7 @@ class SinusoidalPositions(nn.Module):
     in column i of the second half: the layout of Hugging Face's Marian and Pegasus, computed the same way (in
     float64, then rounded), so that exported models see the very same numbers. Checkpoints carry the layout's
     number in the buffer `layout`; seq2seq.decode.load_run refuses those trained with the older interleaved
-    layout (which had no such buffer): see check_positions_layout.
+    layout (which had no such buffer): see seq2seq.training.checkpoint.check_positions_layout.
     """
 
     def __init__(self, dim: int, max_positions: int):
@@ -59,23 +59,3 @@ def sinusoid_table(positions: int, dim: int) -> torch.Tensor:
     table[:, :half] = torch.from_numpy(np.sin(angles[:, 0::2])).float()
     table[:, half:] = torch.from_numpy(np.cos(angles[:, 1::2])).float()
     return table
-
-
-def check_positions_layout(model: nn.Module, weights: dict, path) -> None:
-    """Refuse a checkpoint whose Transformer was trained with another position layout than this version computes
-    (CheckpointError); weights: the checkpoint's state dict for model."""
-    from seq2seq.training.checkpoint import CheckpointError
-
-    for name, module in model.named_modules():
-        if not isinstance(module, SinusoidalPositions):
-            continue
-        saved = weights.get(f"{name}.layout")
-        if saved is None:
-            raise CheckpointError(
-                f"{path} predates the change of the Transformer's sinusoidal position layout (interleaved sin/cos, "
-                f"now sin | cos halves, which exports need): this version would compute other positions than it "
-                f"was trained with. Retrain the model, or decode or export it with the seq2seq version that "
-                f"trained it")
-        if float(saved) != POSITIONS_LAYOUT:
-            raise CheckpointError(f"{path}: position layout {float(saved):g} is not the one this version computes "
-                                  f"({POSITIONS_LAYOUT}); decode it with the seq2seq version that trained it")

@@ -1,18 +1,32 @@
 """Checkpoints: written atomically (temporary file, fsync, rename), read without executing pickled code."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from seq2seq.models.embeddings import POSITIONS_LAYOUT, SinusoidalPositions
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or made for another model."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, I/O error); the previous file at its path,
+    if any, is untouched."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, rename: a write that fails midway (full
+    disk, a kill) leaves the previous file at `path` as it was, and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -22,10 +36,22 @@ def save_checkpoint(state: dict, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, CheckpointWriteError):
+            raise CheckpointWriteError(err.errno, _write_failure(err, path)) from err
         raise
+
+
+def _write_failure(err: OSError, path: Path) -> str:
+    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(path.parent).free / 2**20
+        then = " and continue with trainer.resume=true" if path.name == "last.pt" and path.exists() else ""
+        return (f"cannot write checkpoint {path}: no space left on device ({free:.0f} MiB free in "
+                f"{path.parent}); {kept}. Free some space (or lower trainer.keep_last){then}")
+    return f"cannot write checkpoint {path}: {err.strerror or err}; {kept}"
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -59,6 +85,24 @@ def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def check_positions_layout(model: torch.nn.Module, weights: dict, path) -> None:
+    """Refuse a checkpoint whose Transformer was trained with another position layout than this version computes
+    (CheckpointError); weights: the checkpoint's state dict for model."""
+    for name, module in model.named_modules():
+        if not isinstance(module, SinusoidalPositions):
+            continue
+        saved = weights.get(f"{name}.layout")
+        if saved is None:
+            raise CheckpointError(
+                f"{path} predates the change of the Transformer's sinusoidal position layout (interleaved sin/cos, "
+                f"now sin | cos halves, which exports need): this version would compute other positions than it "
+                f"was trained with. Retrain the model, or decode or export it with the seq2seq version that "
+                f"trained it")
+        if float(saved) != POSITIONS_LAYOUT:
+            raise CheckpointError(f"{path}: position layout {float(saved):g} is not the one this version computes "
+                                  f"({POSITIONS_LAYOUT}); decode it with the seq2seq version that trained it")
+
+
 # ---------------------------------------------------------------- step checkpoints and their average
 def step_checkpoints(folder: Path) -> list[Path]:
     """A run's checkpoints/step_N.pt files, oldest (lowest N) first."""
@@ -85,14 +129,21 @@ def average_checkpoints(paths: list[Path]) -> dict:
     first = load_checkpoint(paths[0])
     if "model" not in first or "model_config" not in first:
         raise CheckpointError(f"{paths[0]} is not a seq2seq checkpoint (no model weights or model config)")
-    sums = {k: v.to(torch.float64) for k, v in first["model"].items() if v.is_floating_point()}
+    # tied weights (shared embeddings and output layer) are one tensor under several names: averaged once,
+    # and stored once, as in the checkpoints averaged
+    alias, seen = {}, {}
+    for k, v in first["model"].items():
+        if v.is_floating_point():
+            alias[k] = seen.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), v.shape, v.stride()), k)
+    sums = {k: first["model"][k].to(torch.float64) for k in set(alias.values())}
     for path in paths[1:]:
         state = load_checkpoint(path)
         if state.get("model_config") != first["model_config"] or set(state.get("model", {})) != set(first["model"]):
             raise CheckpointError(f"{path} holds another model than {paths[0]}: cannot average them")
         for k in sums:
             sums[k] += state["model"][k].to(torch.float64)
-    model = {k: (sums[k] / len(paths)).to(v.dtype) if k in sums else v for k, v in first["model"].items()}
+    means = {k: (total / len(paths)).to(first["model"][k].dtype) for k, total in sums.items()}
+    model = {k: means[alias[k]] if k in alias else v for k, v in first["model"].items()}
     return {"model": model, "model_config": first["model_config"], "step": _newest_step(paths),
             "averaged": [str(p) for p in paths]}
 

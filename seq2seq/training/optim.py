@@ -1,12 +1,15 @@
 """AdamW and the learning-rate schedules (a function of the step alone, so resuming needs only the step)."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
 from seq2seq.config import options_from
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,14 +44,61 @@ def build_optimizer(model: torch.nn.Module, lr: float, betas, eps: float, weight
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=False)
 
 
+@dataclass
 class InverseSqrtSchedule:
     """Linear warm-up from warmup_init_lr to peak_lr, then peak_lr * sqrt(warmup_steps / step)."""
 
-    def __init__(self, peak_lr: float, warmup_steps: int, warmup_init_lr: float = 0.0, name: str = "inverse_sqrt"):
-        self.peak_lr, self.warmup_steps, self.warmup_init_lr = peak_lr, max(warmup_steps, 1), warmup_init_lr
+    peak_lr: float
+    warmup_steps: int
+    warmup_init_lr: float = 0.0
 
     def __call__(self, step: int) -> float:
         """Learning rate for optimizer step number step (1-based)."""
-        if step <= self.warmup_steps:
-            return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * step / self.warmup_steps
-        return self.peak_lr * math.sqrt(self.warmup_steps / step)
+        warmup = max(self.warmup_steps, 1)
+        if step <= warmup:
+            return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * step / warmup
+        return self.peak_lr * math.sqrt(warmup / step)
+
+
+@dataclass
+class LinearSchedule:
+    """Linear warm-up from warmup_init_lr to peak_lr, then a straight line down to final_lr at total_steps
+    (final_lr after it): the schedule for a known budget of updates, which ends where it is lowest."""
+
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+    warmup_init_lr: float = 0.0
+    final_lr: float = 0.0
+
+    def __post_init__(self):
+        if self.total_steps < 1:
+            raise ValueError(f"lr_scheduler=linear: total_steps={self.total_steps}; it needs the number of updates "
+                             "(it defaults to trainer.max_steps: set one of them)")
+        if self.warmup_steps >= self.total_steps:  # a smoke test of a recipe (trainer.max_steps=50)
+            shorter = self.total_steps // 10
+            log.warning("lr_scheduler.warmup_steps=%d is not below total_steps=%d: warming up over %d steps instead",
+                        self.warmup_steps, self.total_steps, shorter)
+            self.warmup_steps = shorter
+        if not 0 <= self.final_lr <= self.peak_lr:
+            raise ValueError(f"lr_scheduler.final_lr={self.final_lr} must lie in [0, optim.lr={self.peak_lr}]")
+
+    def __call__(self, step: int) -> float:
+        """Learning rate for optimizer step number step (1-based)."""
+        warmup = max(self.warmup_steps, 1)
+        if step <= warmup:
+            return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * step / warmup
+        left = max(self.total_steps - step, 0) / max(self.total_steps - warmup, 1)
+        return self.final_lr + (self.peak_lr - self.final_lr) * left
+
+
+SCHEDULES = {"inverse_sqrt": InverseSqrtSchedule, "linear": LinearSchedule}
+
+
+def build_schedule(peak_lr: float, node: dict):
+    """The lr_scheduler config group (name and its settings) as a function step -> learning rate."""
+    node = dict(node)
+    name = node.pop("name", "inverse_sqrt")
+    if name not in SCHEDULES:
+        raise ValueError(f"lr_scheduler={name}: choose one of {', '.join(SCHEDULES)}")
+    return options_from(SCHEDULES[name], "lr_scheduler", {**node, "peak_lr": peak_lr})

@@ -26,12 +26,11 @@ from seq2seq.data.prepare import PreparedData
 from seq2seq.generation.decoding import decode_ids
 from seq2seq.generation.search import GenerationOptions
 from seq2seq.metrics import VALID_METRICS, higher_is_better, validation_score
-from seq2seq.models.embeddings import check_positions_layout
 from seq2seq.training import distributed
-from seq2seq.training.checkpoint import (average_checkpoints, load_checkpoint, load_model_state, save_checkpoint,
-                                         step_checkpoints)
+from seq2seq.training.checkpoint import (average_checkpoints, check_positions_layout, load_checkpoint,
+                                         load_model_state, save_checkpoint, step_checkpoints)
 from seq2seq.training.distributed import DistInfo
-from seq2seq.training.optim import InverseSqrtSchedule, OptimOptions, build_optimizer
+from seq2seq.training.optim import OptimOptions, build_optimizer, build_schedule
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def _as_tuple(x):
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, data: PreparedData, run_dir: Path, options: TrainerOptions, *,
-                 optim: dict, schedule: dict, batch_tokens: int, valid_batch_tokens: int,
+                 optim: dict, schedule, batch_tokens: int, valid_batch_tokens: int,
                  generation: GenerationOptions, model_config: dict, seed: int, device: torch.device,
                  dist: DistInfo = DistInfo()):
         self.model, self.data, self.run_dir, self.opts = model, data, Path(run_dir), options
@@ -122,7 +121,8 @@ class Trainer:
         self.label_smoothing, self.clip_norm = optim.label_smoothing, optim.clip_norm
         self.coverage_loss, self.coverage_from_step = optim.coverage_loss, optim.coverage_from_step
         self.optimizer = build_optimizer(model, optim.lr, optim.betas, optim.eps, optim.weight_decay)
-        self.schedule = InverseSqrtSchedule(optim.lr, **schedule)
+        # schedule: the lr_scheduler group (name and settings), or a schedule already built from it
+        self.schedule = schedule if callable(schedule) else build_schedule(optim.lr, schedule)
         # validation decodes with trainer.valid_beam_size (1 = greedy) and the run's other generation settings
         beam = options.valid_beam_size > 1
         self.valid_generation = GenerationOptions(**{
@@ -328,7 +328,7 @@ class Trainer:
         lens_src = [len(s) + 1 for s in valid.src]
         lens_tgt = [len(t) + 1 for t in valid.tgt]
         for idx in bucket_batches(lens_src, lens_tgt, self.valid_batch_tokens, shuffle=False):
-            batch = collate([valid.src[i][:limit] for i in idx], [valid.tgt[i][:limit] for i in idx], idx)
+            batch = collate([valid.src[i][:limit] for i in idx], [valid.tgt[i][:limit] for i in idx])
             batch = batch.to(self.device)
             with self._autocast():
                 nll += self.model(batch.src, batch.prev_tokens, batch.target, 0.0).nll.item()
@@ -360,7 +360,7 @@ class Trainer:
         lens_out = [len(t) + 1 for t in outputs]
         copied = total = 0
         for idx in bucket_batches(lens_src, lens_out, self.valid_batch_tokens, shuffle=False):
-            batch = collate([sources[i][:limit] for i in idx], [outputs[i][:limit] for i in idx], idx).to(self.device)
+            batch = collate([sources[i][:limit] for i in idx], [outputs[i][:limit] for i in idx]).to(self.device)
             with self._autocast():
                 c, t = self.model.copy_share(batch.src, batch.prev_tokens, batch.target)
             copied, total = copied + c, total + t
@@ -510,7 +510,7 @@ class Trainer:
             plan = self._plan(self._epoch_batches())
             while self.batch_in_epoch < len(plan):
                 group_idx = plan[self.batch_in_epoch : self.batch_in_epoch + o.accum_steps]
-                group = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx], idx)
+                group = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx])
                          for idx in group_idx]
                 t0 = time.time()
                 stats = self._train_step(group)
