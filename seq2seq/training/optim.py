@@ -44,6 +44,11 @@ def build_optimizer(model: torch.nn.Module, lr: float, betas, eps: float, weight
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=False)
 
 
+def _warming_up(step: int, warmup: int, init_lr: float, peak_lr: float) -> float:
+    """The linear warm-up both schedules start with: init_lr at step 0, peak_lr at step warmup."""
+    return init_lr + (peak_lr - init_lr) * step / warmup
+
+
 @dataclass
 class InverseSqrtSchedule:
     """Linear warm-up from warmup_init_lr to peak_lr, then peak_lr * sqrt(warmup_steps / step)."""
@@ -56,7 +61,7 @@ class InverseSqrtSchedule:
         """Learning rate for optimizer step number step (1-based)."""
         warmup = max(self.warmup_steps, 1)
         if step <= warmup:
-            return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * step / warmup
+            return _warming_up(step, warmup, self.warmup_init_lr, self.peak_lr)
         return self.peak_lr * math.sqrt(warmup / step)
 
 
@@ -87,7 +92,7 @@ class LinearSchedule:
         """Learning rate for optimizer step number step (1-based)."""
         warmup = max(self.warmup_steps, 1)
         if step <= warmup:
-            return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * step / warmup
+            return _warming_up(step, warmup, self.warmup_init_lr, self.peak_lr)
         left = max(self.total_steps - step, 0) / max(self.total_steps - warmup, 1)
         return self.final_lr + (self.peak_lr - self.final_lr) * left
 
