@@ -22,8 +22,10 @@ POINTER = {"_target_": "seq2seq.models.copy.PointerGenerator", "name": "pointer_
            "attention_layer": -1, "attention_head": -1}
 
 
-def rnn_copy_config(copy: bool = True, coverage: bool = False, dim: int = 48, hidden: int = 96) -> dict:
-    """A bidirectional LSTM encoder and an LSTM decoder with Bahdanau attention (the See et al. layout)."""
+def rnn_copy_config(copy: bool = True, coverage: bool = False, dim: int = 48, hidden: int = 96,
+                    timing: str = "previous") -> dict:
+    """A bidirectional LSTM encoder and an LSTM decoder with Bahdanau attention (the See et al. layout;
+    timing=current: the attention reads the state after the step, as in their eq. 1)."""
     return {
         "embed_dim": dim, "dropout": 0.0, "max_positions": 64, "share_embeddings": True, "tie_output": True,
         "encoder": {"_target_": "seq2seq.models.rnn.RNNEncoder", "name": "lstm", "cell": "lstm", "layers": 1,
@@ -31,7 +33,7 @@ def rnn_copy_config(copy: bool = True, coverage: bool = False, dim: int = 48, hi
         "decoder": {"_target_": "seq2seq.models.rnn.RNNDecoder", "name": "rnn", "cell": "lstm", "layers": 1,
                     "hidden_size": hidden, "dropout": 0.0, "input_feeding": False, "bridge": "learned"},
         "attention": {"_target_": "seq2seq.models.bahdanau.BahdanauAttention", "name": "bahdanau", "hidden_dim": 0,
-                      "coverage": coverage},
+                      "coverage": coverage, "timing": timing},
         **({"output": POINTER} if copy else {}),
     }
 
@@ -60,10 +62,11 @@ _TRAINED: dict[str, torch.nn.Module] = {}
 
 
 def trained(kind: str) -> torch.nn.Module:
-    """'rnn', 'rnn_nocopy', 'transformer': trained on the copy task without names (once per session)."""
+    """'rnn', 'rnn_current', 'rnn_nocopy', 'transformer': trained on the copy task without names (once per session)."""
     if kind not in _TRAINED:
         torch.manual_seed(0)
         config = {"rnn": rnn_copy_config(), "rnn_nocopy": rnn_copy_config(copy=False),
+                  "rnn_current": rnn_copy_config(coverage=True, timing="current"),
                   "transformer": transformer_copy_config(layers=2, dim=64)}[kind]
         model = build_model(config, VOCAB, VOCAB)
         _TRAINED[kind] = train_toy_model(model, steps=300, batch_size=64, lr=5e-3,
@@ -190,9 +193,10 @@ def test_coverage_loss_is_the_hand_computation_and_counts_earlier_steps_only():
     assert coverage_loss(torch.tensor([[[1.0, 0.0]]]), torch.tensor([[True]])).item() == 0.0
 
 
-def test_coverage_enters_the_attention_and_the_state_tracks_earlier_steps():
+@pytest.mark.parametrize("timing", ["previous", "current"])
+def test_coverage_enters_the_attention_and_the_state_tracks_earlier_steps(timing):
     torch.manual_seed(0)
-    model = build_model(rnn_copy_config(coverage=True), VOCAB, VOCAB).eval()
+    model = build_model(rnn_copy_config(coverage=True, timing=timing), VOCAB, VOCAB).eval()
     with torch.no_grad():
         model.decoder.attention.coverage_proj.normal_()  # make coverage matter
     batch = batch_of(copy_task(3, seed=7, names=False))
@@ -210,7 +214,35 @@ def test_coverage_enters_the_attention_and_the_state_tracks_earlier_steps():
     torch.testing.assert_close(full[:, 0], without[:, 0])             # c^0 = 0: the first step is the same
 
 
-@pytest.mark.parametrize("kind", ["rnn", "transformer"])
+def test_before_the_coverage_phase_the_score_leaves_coverage_out_as_a_zero_coverage_weight_would():
+    """See et al. train without coverage first: until the coverage phase, training leaves the coverage
+    vector out of the score, which is what the still-zero w_c gives, and w_c gets no gradient."""
+    torch.manual_seed(0)
+    model = build_model(rnn_copy_config(coverage=True, timing="current"), VOCAB, VOCAB)
+    batch = batch_of(copy_task(6, seed=3, names=False))
+    w_c = model.decoder.attention.coverage_proj
+    before = model(batch.src, batch.prev_tokens, batch.target, 0.1, 0.0, coverage=False)
+    before.loss.backward()
+    assert w_c.grad is None
+    model.zero_grad()
+    with torch.no_grad():
+        enc = model.encode(batch.src)
+        read = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=True)
+        left_out = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=False)
+        torch.testing.assert_close(read.features, left_out.features, atol=1e-6, rtol=1e-5)  # w_c = 0
+        torch.testing.assert_close(read.attention, left_out.attention, atol=1e-6, rtol=1e-5)
+    during = model(batch.src, batch.prev_tokens, batch.target, 0.1, 0.5)
+    during.loss.backward()
+    assert w_c.grad is not None and float(w_c.grad.abs().sum()) > 0
+    torch.testing.assert_close(during.nll, before.nll)  # same model so far: only the loss term was added
+    with torch.no_grad():
+        w_c.normal_()  # a trained w_c: now reading the coverage changes the attention
+        read = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=True)
+        left_out = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=False)
+    assert not torch.allclose(read.attention[:, 1:], left_out.attention[:, 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "rnn_current", "transformer"])
 def test_copy_model_step_by_step_equals_teacher_forcing(kind):
     model = trained(kind)
     batch = batch_of(copy_task(5, seed=8, names=True))
@@ -222,7 +254,7 @@ def test_copy_model_step_by_step_equals_teacher_forcing(kind):
             torch.testing.assert_close(logp, full[:, t], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "transformer"])
+@pytest.mark.parametrize("kind", ["rnn", "rnn_current", "transformer"])
 def test_copy_model_beam_one_is_greedy_and_beam_scores_are_forced_scores(kind):
     model = trained(kind)
     pairs = copy_task(12, seed=9, names=True)

@@ -103,24 +103,36 @@ RNN_MODEL = ("model/encoder=lstm", "model/decoder=rnn", "model/attention=luong_l
              "model.encoder.hidden_size=16", "model.decoder.hidden_size=32", "model.attention.window=3")
 
 
-def rnn_overrides(root: Path, run: Path, steps: int, *extra: str) -> list[str]:
+# the pointer-generator with coverage as the SAMSum recipe trains it: the coverage weight w_c takes
+# no part before the coverage phase (step 3 here), so DDP must allow an unused parameter until then
+COVERAGE_MODEL = ("model/encoder=lstm", "model/decoder=rnn", "model/attention=bahdanau", "model/output=pointer_generator",
+                  "model.encoder.hidden_size=16", "model.decoder.hidden_size=32", "model.decoder.input_feeding=false",
+                  "model.attention.timing=current", "model.attention.coverage=true", "optim.coverage_loss=1.0",
+                  "optim.coverage_from_step=3")
+
+
+def rnn_overrides(root: Path, run: Path, steps: int, *extra: str, model=RNN_MODEL) -> list[str]:
     """overrides() for an attentional LSTM (the Transformer-only keys left out)."""
     keep = [o for o in overrides(root, run, steps) if ".heads=" not in o and ".ffn_dim=" not in o]
-    return [*keep, *RNN_MODEL, *extra]
+    return [*keep, *model, *extra]
 
 
 @pytest.mark.slow
-def test_ddp_trains_an_attentional_lstm_like_one_process(corpus):
+@pytest.mark.parametrize("model", [RNN_MODEL, COVERAGE_MODEL], ids=["local_p", "copy_coverage_late"])
+def test_ddp_trains_an_attentional_lstm_like_one_process(corpus, model):
     """DDP needs a gradient for every parameter on every rank: the RNN family's bridge, input feeding
-    and local-p's position predictor (reached only through the Gaussian) must all get one. Two ranks
-    must then match one process accumulating the same two micro-batches per step."""
-    ddp, single = corpus / "rnn_ddp", corpus / "rnn_single"
+    and local-p's position predictor (reached only through the Gaussian) must all get one, or be
+    declared unused (coverage before its phase). Two ranks must then match one process accumulating
+    the same two micro-batches per step."""
+    name = "local_p" if model is RNN_MODEL else "coverage"
+    ddp, single = corpus / f"rnn_ddp_{name}", corpus / f"rnn_single_{name}"
     same = ("model.dropout=0", "optim.eps=1e-4")  # eps: see the two-node test above
-    proc = start(torchrun_cmd(*rnn_overrides(corpus, ddp, 3, *same)), corpus / "rnn_ddp.log")
-    run_cli("train", *rnn_overrides(corpus, single, 3, *same, "trainer.accum_steps=2"))
-    assert proc.wait(timeout=300) == 0, (corpus / "rnn_ddp.log").read_text()[-3000:]
+    proc = start(torchrun_cmd(*rnn_overrides(corpus, ddp, 3, *same, model=model)), corpus / f"rnn_ddp_{name}.log")
+    run_cli("train", *rnn_overrides(corpus, single, 3, *same, "trainer.accum_steps=2", model=model))
+    assert proc.wait(timeout=300) == 0, (corpus / f"rnn_ddp_{name}.log").read_text()[-3000:]
     a, b = weights(ddp / "checkpoints" / "last.pt"), weights(single / "checkpoints" / "last.pt")
-    assert any("position_proj" in k for k in a)  # the local-p predictor is really in the model
+    key = "position_proj" if model is RNN_MODEL else "coverage_proj"
+    assert any(key in k for k in a)  # the local-p predictor / the coverage weight is really in the model
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     la, lb = losses(ddp), losses(single)
     assert sorted(la) == sorted(lb) == [1, 2, 3] and all(abs(la[s] - lb[s]) <= 1e-5 * abs(lb[s]) for s in la)

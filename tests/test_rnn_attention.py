@@ -116,6 +116,62 @@ def test_weights_are_distributions_over_real_positions(variant):
     check_distribution(weights, src.eq(PAD))
 
 
+# attention reading the state after the step, no input feeding: training needs no step loop
+WHOLE = [("bahdanau", {"timing": "current"}), ("luong_general", {}), ("luong_concat", {}), ("luong_local_m", {}),
+         ("multihead", {})]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("variant,keys", WHOLE, ids=[v for v, _ in WHOLE])
+def test_whole_target_at_once_equals_step_by_step_values_and_gradients(variant, keys, cell):
+    """The RNN over the whole target in one call (and the attention too, where it has attend_all) gives
+    the step loop's features, attention and context, and the same gradients for every parameter."""
+    torch.manual_seed(0)
+    config = rnn_config(variant, cell=cell, bridge="learned", **keys)
+    config["decoder"].update(input_feeding=False, layers=2)
+    model = build_model(config, VOCAB, VOCAB)  # training mode (dropout 0)
+    decoder = model.decoder
+    src = pad_source(ragged_batch())
+    prev = torch.randint(4, VOCAB, (src.size(0), 9))
+    enc = model.encode(src)
+
+    def no_loop(*args, **kwargs):
+        pytest.fail("the whole-target forward stepped through the positions")
+
+    decoder._step = no_loop
+    if hasattr(decoder.attention, "attend_all"):
+        decoder._attend = no_loop
+    whole = decoder(prev, enc, AttentionChoice())
+    decoder.__dict__.pop("_step")
+    decoder.__dict__.pop("_attend", None)
+    state = decoder.init_state(enc, AttentionChoice())
+    steps = []
+    for t in range(prev.size(1)):
+        out, state = decoder.step(prev[:, t], state)
+        steps.append(out)
+    stepped = {name: torch.stack([getattr(o, name) for o in steps], dim=1)
+               for name in ("features", "attention", "context")}
+    for name, value in stepped.items():
+        torch.testing.assert_close(getattr(whole, name), value, atol=1e-5, rtol=1e-5)
+    probes = {name: torch.randn_like(value) for name, value in stepped.items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(values):
+        total = sum((values[name] * probes[name]).sum() for name in probes)
+        return torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+
+    for name, a, b in zip([n for n, p in model.named_parameters() if p.requires_grad],
+                          grads({n: getattr(whole, n) for n in probes}), grads(stepped)):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_bahdanau_timing_is_checked():
+    with pytest.raises(ValueError, match="model.attention.timing must be previous or current, not 'next'"):
+        build_model(rnn_config("bahdanau", timing="next"), VOCAB, VOCAB)
+
+
 def test_local_p_as_in_the_paper_is_zero_on_padding_and_sums_to_at_most_one():
     src, weights = attention_over_ragged_batch("luong_local_p")
     padding = src.eq(PAD)[:, None, :].expand_as(weights)
@@ -123,6 +179,40 @@ def test_local_p_as_in_the_paper_is_zero_on_padding_and_sums_to_at_most_one():
     sums = weights.sum(-1)
     assert torch.all(sums <= 1 + 1e-6) and torch.all(sums > 0)
     assert float(sums.min()) < 0.99  # the Gaussian really shrinks some rows: not secretly renormalized
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_encoder_by_length_equals_packed_sequences_values_and_gradients(cell, bidirectional):
+    """The CPU path (one fused call per distinct length) against torch's packed sequences: same states,
+    final states and gradients, rows of equal and different lengths, two layers."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from seq2seq.models.rnn import RNNEncoder
+
+    torch.manual_seed(0)
+    encoder = RNNEncoder(torch.nn.Embedding(VOCAB, 16), 16, 64, cell=cell, layers=2, hidden_size=12,
+                         bidirectional=bidirectional, dropout=0.0)
+    sources = ragged_batch() + [ragged_batch()[3], [5]]  # a repeated length, and the shortest possible
+    src = pad_source(sources)
+    mask = src.eq(PAD)
+    mine = encoder(src, mask)
+    x = encoder.embed(src)
+    packed, final = encoder.rnn(pack_padded_sequence(x, (~mask).sum(1), batch_first=True, enforce_sorted=False))
+    states, _ = pad_packed_sequence(packed, batch_first=True, total_length=src.size(1))
+    finals = final if isinstance(final, tuple) else (final,)
+    finals = tuple(encoder._merge_directions(f) for f in finals)
+    mine_finals = mine.final if isinstance(mine.final, tuple) else (mine.final,)
+    torch.testing.assert_close(mine.states, states, atol=1e-6, rtol=1e-5)
+    assert torch.all(mine.states[mask] == 0)
+    for a, b in zip(mine_finals, finals):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    probe = torch.randn_like(states)
+    params = list(encoder.parameters())
+    grad_mine = torch.autograd.grad((mine.states * probe).sum() + sum(f.sum() for f in mine_finals), params)
+    grad_packed = torch.autograd.grad((states * probe).sum() + sum(f.sum() for f in finals), params)
+    for (name, _), a, b in zip(encoder.named_parameters(), grad_mine, grad_packed):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -62,3 +62,13 @@ class LuongAttention(nn.Module):
         keys, projected, padding_mask = memory
         weights = masked_softmax(self.scorer(query, projected), padding_mask)
         return torch.bmm(weights[:, None], keys)[:, 0], weights
+
+    def attend_all(self, queries: torch.Tensor, memory: tuple, need_weights: bool = True):
+        """Every target position at once: queries [B,T,Dq] -> (contexts [B,T,C], weights [B,T,S])."""
+        keys, projected, padding_mask = memory
+        if self.scorer.score == "concat":
+            scores = torch.stack([self.scorer(q, projected) for q in queries.unbind(1)], dim=1)
+        else:
+            scores = torch.bmm(queries, projected.transpose(1, 2))
+        weights = masked_softmax(scores, padding_mask[:, None, :].expand_as(scores))
+        return torch.bmm(weights, keys), weights

@@ -1,7 +1,11 @@
 """The encoder-decoder and the one seam that keeps model families interchangeable.
 
 An encoder maps (src [B,S], padding_mask [B,S]) to an EncoderOut. A decoder offers
-  forward(prev_tokens, enc, attention=None) -> DecoderOut over the whole target ([B,T,...])
+  forward(prev_tokens, enc, attention=None, coverage=True)
+                                            -> DecoderOut over the whole target ([B,T,...]);
+                                            coverage=False: an attention whose score reads the
+                                            coverage vector leaves it out (training before the
+                                            coverage phase: See et al. add coverage last)
   init_state(enc, attention=None)           -> state
   step(prev_token [B], state)               -> (DecoderOut of one position ([B,...]), state)
   check_attention(choice)                   refuses a layer/head it does not have
@@ -116,6 +120,9 @@ class EncoderDecoder(nn.Module):
         self.encoder, self.decoder, self.output_layer = encoder, decoder, output_layer
         self.max_positions = max_positions
         self.copy_choice = output_layer.attention_choice  # None unless the output layer reads attention
+        # the attention's score reads the coverage vector: its coverage weight takes no part in
+        # training before the coverage phase (forward's coverage=False), which DDP must know
+        self.coverage_attention = bool(getattr(decoder, "coverage", False))
         if self.copy_choice is not None:
             decoder.check_attention(self.copy_choice)
 
@@ -128,26 +135,29 @@ class EncoderDecoder(nn.Module):
         return AttentionChoice() if coverage_weight else None
 
     def forward(self, src: torch.Tensor, prev_tokens: torch.Tensor, target: torch.Tensor | None = None,
-                label_smoothing: float = 0.0, coverage_weight: float = 0.0):
+                label_smoothing: float = 0.0, coverage_weight: float = 0.0, coverage: bool = True):
         """Teacher forcing. Without target: scores [B, T, V] whose log_softmax is the model's
         distribution. With target [B, T]: a LossOut summed over its non-pad tokens, computed by
         the output layer without materializing the scores of the whole batch. coverage_weight
         adds that times the coverage loss of the reported attention (the copy attention for a
-        copy model, else the last layer's mean over heads)."""
+        copy model, else the last layer's mean over heads). coverage=False: a coverage attention's
+        score leaves the coverage vector out, as training does before its coverage phase (its
+        weight w_c is then still at its initial 0, which changes nothing, and the decoder need not
+        step through the positions)."""
         enc = self.encode(src)
-        out = self.decoder(prev_tokens, enc, self._training_choice(coverage_weight) if target is not None
-                           else self.copy_choice)
+        choice = self._training_choice(coverage_weight) if target is not None else self.copy_choice
+        out = self.decoder(prev_tokens, enc, choice, coverage=coverage)
         if target is None:
             return self.output_layer.log_probs(out, enc.src_tokens)
         select = target.ne(PAD)
         rows = out.rows(select)
         src_rows = _source_rows(enc, select) if self.copy_choice is not None else None
         loss, nll = self.output_layer.loss(rows, src_rows, target[select], label_smoothing)
-        coverage = (coverage_loss(out.attention.float(), select) if out.attention is not None
-                    else loss.new_zeros(()))
+        covered = (coverage_loss(out.attention.float(), select) if out.attention is not None
+                   else loss.new_zeros(()))
         if coverage_weight:
-            loss = loss + coverage_weight * coverage
-        return LossOut(loss, nll, coverage.detach())
+            loss = loss + coverage_weight * covered
+        return LossOut(loss, nll, covered.detach())
 
     @torch.no_grad()
     def copy_share(self, src: torch.Tensor, prev_tokens: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:

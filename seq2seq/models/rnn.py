@@ -1,16 +1,22 @@
 """Recurrent encoder and attentional decoder (LSTM or GRU): Bahdanau, Luong and friends.
 
-The encoder runs over packed sequences, so padding never reaches its states, and hands
-its final states to the decoder through a bridge. The decoder runs one step at a time
-(training included, since input feeding and Bahdanau's context make every step depend
-on the previous one's attention) with any attention that follows the contract in
-seq2seq.models.rnn_attention; the Transformer's MultiHeadAttention is wrapped to follow it.
+The encoder never lets padding reach its states and hands its final states to the decoder
+through a bridge. On a CPU it runs each direction of each layer as a few calls of the fused
+(oneDNN) kernel, one per distinct source length in the batch (run_by_length): several times
+faster than packed sequences there, which step through time one small product at a time;
+on a GPU it runs over packed sequences (cuDNN). The decoder takes any attention that
+follows the contract in seq2seq.models.rnn_attention (the Transformer's MultiHeadAttention
+is wrapped to follow it). In training it runs one step at a time where a step's RNN input
+depends on the previous step's attention (input feeding, "previous"-timing attention);
+otherwise the RNN runs over the whole target in one call, and so does the attention unless
+its score reads the coverage vector (then only the attention steps through the positions).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -21,6 +27,31 @@ from seq2seq.models.rnn_attention import MultiHeadAdapter
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 BRIDGES = ("learned", "mean", "zero")
+
+
+def run_by_length(x: torch.Tensor, lengths: list[int], weights: list, lstm: bool):
+    """One direction of one RNN layer over x [B,S,D] whose rows hold lengths[b] real positions at
+    the start, sorted longest first: (outputs [B,S,H], 0 at padding; last states h [B,H] and c [B,H]
+    (None for a GRU) at each row's last real position). The time axis is cut at each distinct
+    length; every piece is one fused call over the rows still running, so padding is never read."""
+    batch, steps = x.shape[:2]
+    hidden = weights[1].size(1)
+    h = x.new_zeros(batch, hidden)
+    c = x.new_zeros(batch, hidden) if lstm else None
+    pieces, start = [], 0
+    for end in sorted(set(lengths) - {0}):
+        n = sum(1 for length in lengths if length >= end)  # a prefix: rows are sorted longest first
+        if lstm:
+            out, h_n, c_n = torch.lstm(x[:n, start:end], (h[None, :n], c[None, :n]), weights, True, 1, 0.0,
+                                       False, False, True)
+            c = torch.cat([c_n[0], c[n:]])
+        else:
+            out, h_n = torch.gru(x[:n, start:end], h[None, :n], weights, True, 1, 0.0, False, False, True)
+        h = torch.cat([h_n[0], h[n:]])
+        pieces.append(F.pad(out, (0, 0, 0, 0, 0, batch - n)))
+        start = end
+    out = torch.cat(pieces, dim=1)
+    return F.pad(out, (0, 0, 0, steps - out.size(1))), h, c
 
 
 class RNNEncoder(nn.Module):
@@ -41,6 +72,7 @@ class RNNEncoder(nn.Module):
                                bidirectional=bidirectional, batch_first=True)
         self.layers, self.directions = layers, 2 if bidirectional else 1
         self.output_dim = hidden_size * self.directions
+        self.lstm, self.between_layers = cell == "lstm", dropout if layers > 1 else 0.0
 
     def _merge_directions(self, h: torch.Tensor) -> torch.Tensor:
         """[L*dirs, B, H] -> [L, B, dirs*H]."""
@@ -48,12 +80,44 @@ class RNNEncoder(nn.Module):
         return h.view(self.layers, self.directions, batch, hidden).permute(0, 2, 1, 3).reshape(
             self.layers, batch, self.directions * hidden)
 
+    def _by_length(self, x: torch.Tensor, lengths: torch.Tensor):
+        """nn.LSTM/GRU's (outputs, final states) over the real positions, with run_by_length."""
+        order = lengths.argsort(descending=True, stable=True)
+        restore = order.argsort()
+        x, lengths = x[order], lengths[order]
+        steps = x.size(1)
+        position = torch.arange(steps, device=x.device)[None, :]
+        # the second direction reads each row's real positions backwards (padding stays at the end)
+        backwards = torch.where(position < lengths[:, None], lengths[:, None] - 1 - position, position)
+        length_list = lengths.tolist()
+        finals_h, finals_c = [], []
+        for layer in range(self.layers):
+            outputs = []
+            for direction in range(self.directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                weights = [getattr(self.rnn, f"{name}{suffix}") for name in
+                           ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inputs = x.gather(1, backwards[..., None].expand_as(x)) if direction else x
+                out, h, c = run_by_length(inputs, length_list, weights, self.lstm)
+                outputs.append(out.gather(1, backwards[..., None].expand_as(out)) if direction else out)
+                finals_h.append(h)
+                finals_c.append(c)
+            x = torch.cat(outputs, dim=-1)
+            if layer < self.layers - 1:
+                x = F.dropout(x, self.between_layers, self.training)  # as nn.LSTM's dropout between layers
+        h = torch.stack(finals_h)[:, restore]
+        final = (h, torch.stack(finals_c)[:, restore]) if self.lstm else h
+        return x[restore], final
+
     def forward(self, src: torch.Tensor, padding_mask: torch.Tensor) -> EncoderOut:
         x = self.dropout(self.embed(src))
         lengths = (~padding_mask).sum(dim=1)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.rnn(packed)
-        states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        if x.device.type == "cpu":
+            states, final = self._by_length(x, lengths)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, final = self.rnn(packed)
+            states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
         if isinstance(final, tuple):
             final = tuple(self._merge_directions(f) for f in final)
         else:
@@ -227,17 +291,44 @@ class RNNDecoder(nn.Module):
             context, weights = self._attend(h, state)
             attentional = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
             feed = attentional if self.input_feeding else None
-        if weights is not None and weights.dim() == 3:  # multihead: [B,H,S]
-            head = state.attention.head if state.attention is not None else -1
-            weights = weights.mean(dim=1) if head < 0 else weights[:, head]
+        weights = self._report(weights, state.attention, 2)
         coverage = None if state.coverage is None else state.coverage + weights
         new = RNNState(hidden, feed, state.memory, state.position + 1, state.attention, coverage)
         return attentional, context, new, (weights if state.attention is not None else None)
 
-    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None) -> DecoderOut:
-        """Teacher-forced DecoderOut [B,T,...]: features, and the attention, context and embeddings when asked."""
+    @staticmethod
+    def _report(weights: torch.Tensor | None, choice: AttentionChoice | None, plain_dims: int):
+        """Multi-head weights ([B,H,...], one dimension more than plain_dims) -> the chosen head or
+        their mean; single-head weights unchanged."""
+        if weights is None or weights.dim() == plain_dims:
+            return weights
+        head = choice.head if choice is not None else -1
+        return weights.mean(dim=1) if head < 0 else weights[:, head]
+
+    def _run_all(self, x: torch.Tensor, hidden: tuple) -> torch.Tensor:
+        """The RNN over every position of x [B,T,E] from hidden (dropout between layers, as in
+        _run_cells, whose cells' weights it uses): the top layer's outputs [B,T,H]."""
+        for i, cell in enumerate(self.cells):
+            weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+            if self.lstm:
+                h0, c0 = hidden[i]
+                x = torch.lstm(x, (h0[None], c0[None]), weights, True, 1, 0.0, self.training, False, True)[0]
+            else:
+                x = torch.gru(x, hidden[i][None], weights, True, 1, 0.0, self.training, False, True)[0]
+            if i < len(self.cells) - 1:
+                x = self.dropout(x)
+        return x
+
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None,
+                coverage: bool = True) -> DecoderOut:
+        """Teacher-forced DecoderOut [B,T,...]: features, and the attention, context and embeddings when asked.
+
+        coverage=False: a coverage attention's score does not read the coverage vector (training
+        before the coverage phase, when the coverage weight w_c is still at its initial 0)."""
         state = self.init_state(enc, attention)
         embs = self.dropout(self.embed(prev_tokens))
+        if not self.previous and not self.input_feeding:  # the RNN input never reads the attention
+            return self._forward_all(embs, state, coverage)
         outputs, contexts, weights = [], [], []
         for t in range(prev_tokens.size(1)):
             attentional, context, state, w = self._step(embs[:, t], state)
@@ -248,6 +339,29 @@ class RNNDecoder(nn.Module):
         if attention is None:
             return DecoderOut(features)
         return DecoderOut(features, torch.stack(weights, dim=1), torch.stack(contexts, dim=1), embs)
+
+    def _forward_all(self, embs: torch.Tensor, state: RNNState, coverage: bool) -> DecoderOut:
+        """forward without a step loop over the RNN, nor over the attention unless it reads the coverage."""
+        h = self._run_all(embs, state.hidden)
+        if hasattr(self.attention, "attend_all") and not (self.coverage and coverage):
+            contexts, weights = self.attention.attend_all(h, state.memory, state.attention is not None)
+            weights = self._report(weights, state.attention, 3)
+        else:
+            contexts, weights = [], []
+            for t in range(h.size(1)):
+                context, w = self._attend(h[:, t], state)
+                w = self._report(w, state.attention, 2)
+                coverage_next = None if state.coverage is None else state.coverage + w
+                state = RNNState(state.hidden, None, state.memory, state.position + 1, state.attention, coverage_next)
+                contexts.append(context)
+                weights.append(w)
+            contexts = torch.stack(contexts, dim=1)
+            weights = None if weights[0] is None else torch.stack(weights, dim=1)
+        attentional = torch.tanh(self.combine(torch.cat([contexts, h], dim=-1)))
+        features = self.out_proj(self.dropout(attentional))
+        if state.attention is None:
+            return DecoderOut(features)
+        return DecoderOut(features, weights, contexts, embs)
 
     def step(self, prev_token: torch.Tensor, state: RNNState):
         """One position for every hypothesis: prev_token [B] -> (DecoderOut [B,...], new state)."""

@@ -12,6 +12,11 @@ An attention module for RNNDecoder is built as attention(query_dim=, key_dim=) a
   forward(query [B,Dq], memory, position, need_weights)
                            -> (context [B,context_dim], weights [B,S] (multi-head: [B,H,S]) or None);
                            position is the target step t (local-m centres its window there)
+  attend_all(queries [B,T,Dq], memory, need_weights)
+                           optional: every target position at once, without coverage
+                           -> (contexts [B,T,C], weights [B,T,S] (multi-head: [B,H,T,S])); with
+                           "current" timing and no input feeding the decoder then trains without
+                           a step loop
   coverage                 optional, True when the score also reads the coverage vector c^t
                            (attention summed over earlier steps): forward then takes coverage=[B,S]
                            and the decoder carries c^t in its state
@@ -61,3 +66,7 @@ class MultiHeadAdapter(nn.Module):
         if weights is None:
             return out[:, 0], None
         return out[:, 0], weights[:, :, 0]  # [B, H, S]
+
+    def attend_all(self, queries, memory, need_weights: bool = True):
+        k, v, padding_mask = memory
+        return self.attention(queries, (k, v), padding_mask, need_weights)

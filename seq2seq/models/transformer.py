@@ -202,8 +202,10 @@ class TransformerDecoder(nn.Module):
                 context = h
         return self.final_norm(x), new_caches, weights, context
 
-    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None) -> DecoderOut:
-        """Teacher-forced DecoderOut [B,T,...] for the whole target (the chosen attention when asked)."""
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None,
+                coverage: bool = True) -> DecoderOut:
+        """Teacher-forced DecoderOut [B,T,...] for the whole target (the chosen attention when asked).
+        coverage: part of the decoder contract; no attention here reads a coverage vector."""
         embedded = self.embed(prev_tokens) + self.positions(prev_tokens.size(1))
         memory = [layer.cross_attn.project_memory(enc.states) for layer in self.layers]
         features, _, weights, context = self._run(self.dropout(embedded), memory, enc.padding_mask, attention)

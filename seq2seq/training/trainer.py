@@ -135,7 +135,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if options.precision == "fp16" else None
         self.ddp = None
         if dist.enabled:
-            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=model.coverage_attention)
             torch.manual_seed(seed + dist.rank)  # own dropout masks per rank; the weights came from rank 0
         # position: `epoch`, the epoch's batches consumed before the current shard plan began
         # (`epoch_start`, counted over all ranks) and the batches of this rank's plan done since
@@ -244,10 +245,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _coverage_phase(self) -> bool:
+        """From optimizer step optim.coverage_from_step on, a coverage attention reads the coverage vector
+        (before, its weight w_c stays 0 and the decoder runs faster without it: See et al. add it last)."""
+        return self.step + 1 >= self.coverage_from_step
+
     def _coverage_weight(self) -> float:
         """optim.coverage_loss from optimizer step optim.coverage_from_step on (coverage from the first
         step is known to stall training: See et al. add it at the end), else 0."""
-        return self.coverage_loss if self.step + 1 >= self.coverage_from_step else 0.0
+        return self.coverage_loss if self._coverage_phase() else 0.0
 
     def _train_step(self, batches: list) -> "StepStats":
         """One optimizer step over micro-batches; sums over the ranks, and whether the update was made
@@ -263,7 +269,7 @@ class Trainer:
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self._autocast():
                     out = module(batch.src, batch.prev_tokens, batch.target, self.label_smoothing,
-                                 self._coverage_weight())
+                                 self._coverage_weight(), self._coverage_phase())
                     loss, nll = out.loss, out.nll
                 scaled = loss * scale
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
