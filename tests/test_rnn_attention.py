@@ -167,6 +167,50 @@ def test_whole_target_at_once_equals_step_by_step_values_and_gradients(variant, 
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
 
 
+GROUPED = [("bahdanau", {}), ("bahdanau", {"timing": "current", "coverage": True}), ("luong_general", {}),
+           ("luong_concat", {}), ("multihead", {}), ("luong_local_p", {})]
+
+
+@pytest.mark.parametrize("variant,keys", GROUPED, ids=["bahdanau", "bahdanau_current_coverage", "luong_general",
+                                                       "luong_concat", "multihead", "local_p_gathers"])
+def test_hypotheses_share_one_memory_row_per_sentence_and_decode_as_with_copies(variant, keys):
+    """Beam search's reorders keep the encoder memory once per sentence (dropping the rows of finished
+    sentences); every step equals a state whose memory was copied for each hypothesis up front,
+    also after a reorder that mixes sentences (then the memory is gathered per row)."""
+    torch.manual_seed(0)
+    config = rnn_config(variant, bridge="learned", **keys)
+    if keys.get("timing") == "current":
+        config["decoder"]["input_feeding"] = False
+    model = build_model(config, VOCAB, VOCAB).eval()
+    src = pad_source(ragged_batch())
+    k, sentences = 3, src.size(0)
+    rows = torch.arange(sentences).repeat_interleave(k)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        if keys.get("coverage"):
+            model.decoder.attention.coverage_proj.normal_(generator=generator)
+        shared = model.decoder.init_state(model.encode(src), AttentionChoice()).reorder(rows)
+        copied = model.decoder.init_state(model.encode(src.index_select(0, rows)), AttentionChoice())
+        assert shared.memory[0].size(0) == sentences and copied.memory[0].size(0) == sentences * k
+        live = list(range(sentences))
+        for t in range(6):
+            tokens = torch.randint(4, VOCAB, (len(live) * k,), generator=generator)
+            out_shared, shared = model.decoder.step(tokens, shared)
+            out_copied, copied = model.decoder.step(tokens, copied)
+            torch.testing.assert_close(out_shared.features, out_copied.features, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out_shared.attention, out_copied.attention, atol=1e-6, rtol=1e-5)
+            if t == 2:  # sentence 1 finishes: its rows and its memory row leave
+                live.remove(1)
+            # beam-like: each sentence's k new rows come from its own rows, in any order
+            order = torch.cat([torch.randint(0, k, (k,), generator=generator) + i * k
+                               for i in range(len(live) + (t == 2)) if not (t == 2 and i == 1)])
+            if t == 4:  # not the beam layout: the memory is gathered per row for this step
+                order = order.flip(0)
+            shared, copied = shared.reorder(order), copied.reorder(order)
+            if t < 4:
+                assert shared.memory[0].size(0) == len(live)
+
+
 def test_bahdanau_timing_is_checked():
     with pytest.raises(ValueError, match="model.attention.timing must be previous or current, not 'next'"):
         build_model(rnn_config("bahdanau", timing="next"), VOCAB, VOCAB)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seq2seq.models.rnn_attention import masked_softmax
+from seq2seq.models.rnn_attention import grouped_softmax, masked_softmax
 
 
 TIMINGS = ("previous", "current")
@@ -23,6 +23,8 @@ CHUNK_ELEMENTS = 1 << 23  # attend_all: at most this many elements of the [B, t,
 
 
 class BahdanauAttention(nn.Module):
+    grouped_queries = True
+
     def __init__(self, query_dim: int, key_dim: int, hidden_dim: int = 0, coverage: bool = False,
                  timing: str = "previous"):
         """hidden_dim: size of the tanh layer; 0 = query_dim. coverage: the score reads c^t.
@@ -44,16 +46,19 @@ class BahdanauAttention(nn.Module):
         return keys, self.key_proj(keys), padding_mask
 
     def forward(self, query: torch.Tensor, memory: tuple, position: int, need_weights: bool = True,
-                coverage: torch.Tensor | None = None):
+                coverage: torch.Tensor | None = None, group: int = 1):
+        """query [B*k,Dq] against memory rows [B,...] (k = group consecutive queries per memory row);
+        coverage [B*k,S] -> (context [B*k,C], weights [B*k,S])."""
         keys, projected, padding_mask = memory
-        hidden = projected + self.query_proj(query)[:, None]
+        batch, steps, size = projected.shape
+        hidden = projected[:, None] + self.query_proj(query).view(batch, group, 1, size)  # [B,k,S,hidden]
         if self.coverage:
             if coverage is None:
                 raise ValueError("BahdanauAttention(coverage=True) needs the coverage vector")
-            hidden = hidden + coverage[:, :, None].to(hidden.dtype) * self.coverage_proj
-        scores = self.v(torch.tanh(hidden)).squeeze(-1)
-        weights = masked_softmax(scores, padding_mask)
-        return torch.bmm(weights[:, None], keys)[:, 0], weights
+            hidden = hidden + coverage.view(batch, group, steps, 1).to(hidden.dtype) * self.coverage_proj
+        scores = self.v(torch.tanh(hidden)).reshape(batch * group, steps)
+        weights = grouped_softmax(scores, padding_mask, group)
+        return torch.bmm(weights.view(batch, group, steps), keys).view(batch * group, -1), weights
 
     def attend_all(self, queries: torch.Tensor, memory: tuple, need_weights: bool = True):
         """Every target position at once, without coverage: queries [B,T,Dq] -> (contexts [B,T,C],

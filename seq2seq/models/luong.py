@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seq2seq.models.rnn_attention import masked_softmax
+from seq2seq.models.rnn_attention import grouped_softmax, masked_softmax
 
 SCORES = ("dot", "general", "concat")
 
@@ -40,15 +40,22 @@ class LuongScore(nn.Module):
     def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
         return keys if self.score == "dot" else self.key_proj(keys)
 
-    def forward(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        """Scores [B,S] of query [B,Dq] against projected keys [B,S,Dq]."""
+    def forward(self, query: torch.Tensor, projected: torch.Tensor, group: int = 1) -> torch.Tensor:
+        """Scores [B*k,S] of query [B*k,Dq] against projected keys [B,S,Dq] (k = group consecutive
+        queries per key row)."""
+        batch, steps, size = projected.shape
         if self.score == "concat":
-            return self.v(torch.tanh(projected + self.query_proj(query)[:, None])).squeeze(-1)
-        return torch.bmm(projected, query[:, :, None])[:, :, 0]
+            hidden = projected[:, None] + self.query_proj(query).view(batch, group, 1, size)
+            return self.v(torch.tanh(hidden)).reshape(batch * group, steps)
+        if group == 1:
+            return torch.bmm(projected, query[:, :, None])[:, :, 0]
+        return torch.bmm(projected, query.view(batch, group, size).transpose(1, 2)).transpose(1, 2).reshape(
+            batch * group, steps)
 
 
 class LuongAttention(nn.Module):
     query_timing = "current"
+    grouped_queries = True
 
     def __init__(self, query_dim: int, key_dim: int, score: str = "general"):
         super().__init__()
@@ -58,10 +65,11 @@ class LuongAttention(nn.Module):
     def precompute(self, keys: torch.Tensor, padding_mask: torch.Tensor) -> tuple:
         return keys, self.scorer.project_keys(keys), padding_mask
 
-    def forward(self, query: torch.Tensor, memory: tuple, position: int, need_weights: bool = True):
+    def forward(self, query: torch.Tensor, memory: tuple, position: int, need_weights: bool = True, group: int = 1):
         keys, projected, padding_mask = memory
-        weights = masked_softmax(self.scorer(query, projected), padding_mask)
-        return torch.bmm(weights[:, None], keys)[:, 0], weights
+        batch, steps = projected.shape[:2]
+        weights = grouped_softmax(self.scorer(query, projected, group), padding_mask, group)
+        return torch.bmm(weights.view(batch, group, steps), keys).view(batch * group, -1), weights
 
     def attend_all(self, queries: torch.Tensor, memory: tuple, need_weights: bool = True):
         """Every target position at once: queries [B,T,Dq] -> (contexts [B,T,C], weights [B,T,S])."""

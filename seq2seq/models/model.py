@@ -90,6 +90,26 @@ class ModelState:
         return ModelState(self.decoder.reorder(indices), src, self.report)
 
 
+def regroup(group: torch.Tensor | None, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder state that keeps the encoder memory once per sentence, reordered by indices: (the
+    memory rows still used, sorted; each new hypothesis row's position among them). group [rows] is
+    the memory row of each hypothesis (None: one row each)."""
+    group = indices if group is None else group.index_select(0, indices)
+    return torch.unique(group, sorted=True, return_inverse=True)
+
+
+def hypotheses_per_sentence(group: torch.Tensor | None, sentences: int) -> int:
+    """k when hypothesis row r belongs to memory row r // k for every row (beam search's layout), else 0."""
+    if group is None:
+        return 1
+    rows = group.numel()
+    if rows % sentences:
+        return 0
+    k = rows // sentences
+    expected = torch.arange(sentences, device=group.device).repeat_interleave(k)
+    return k if torch.equal(group, expected) else 0
+
+
 def coverage_loss(attention: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
     """sum over real target steps t and source positions i of min(a_i^t, c_i^t), where the
     coverage c^t = a^0 + ... + a^(t-1) counts earlier steps only (See et al., 2017, eq. 12-13).

@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.models.attention import MultiHeadAttention
 from seq2seq.models.dropout import Dropout
-from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut
+from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut, hypotheses_per_sentence, regroup
 from seq2seq.models.rnn_attention import MultiHeadAdapter
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -178,20 +178,37 @@ def _select(x, indices: torch.Tensor):
 
 @dataclass
 class RNNState:
-    """What the decoder carries between steps; every tensor is batch-first."""
+    """What the decoder carries between steps; every tensor is batch-first.
+
+    The attention's memory is kept once per source sentence: `group` maps each hypothesis row to
+    its memory row, so reordering hypotheses (beam search, every step) copies only the per-row
+    states, and the memory only when sentences leave the batch. An attention that offers
+    grouped_queries reads k hypotheses of a sentence against one memory row (beam layout)."""
 
     hidden: tuple                  # per layer: h [B,H], or (h, c) for an LSTM
     feed: torch.Tensor | None      # previous attentional state h~_{t-1} [B,H] (Luong input feeding)
-    memory: tuple                  # the attention's precomputed source memory
+    memory: tuple                  # the attention's precomputed source memory, one row per sentence
     position: int
     attention: AttentionChoice | None  # report the attention (head choice for multihead), None for none
     coverage: torch.Tensor | None = None  # [B,S] attention summed over earlier steps (coverage attention only)
+    group: torch.Tensor | None = None     # [B] memory row of each hypothesis; None = one row each
 
     def reorder(self, indices: torch.Tensor) -> "RNNState":
         feed = None if self.feed is None else self.feed.index_select(0, indices)
         coverage = None if self.coverage is None else self.coverage.index_select(0, indices)
-        return RNNState(_select(self.hidden, indices), feed, _select(self.memory, indices), self.position,
-                        self.attention, coverage)
+        used, group = regroup(self.group, indices)
+        memory = self.memory if used.numel() == self.memory[0].size(0) else _select(self.memory, used)
+        return RNNState(_select(self.hidden, indices), feed, memory, self.position, self.attention, coverage, group)
+
+    def memory_for_rows(self, grouped: bool) -> tuple[tuple, int]:
+        """(memory, k): one memory row per k hypothesis rows when the layout and the attention allow,
+        else the memory gathered per row (k = 1)."""
+        k = hypotheses_per_sentence(self.group, self.memory[0].size(0))
+        if k == 1 and self.group is None:
+            return self.memory, 1
+        if grouped and k:
+            return self.memory, k
+        return _select(self.memory, self.group), 1
 
 
 class RNNDecoder(nn.Module):
@@ -235,6 +252,7 @@ class RNNDecoder(nn.Module):
         self.out_proj = nn.Linear(hidden_size, embed_dim, bias=False) if hidden_size != embed_dim else nn.Identity()
         self.output_dim, self.context_dim = embed_dim, context
         self.coverage = getattr(self.attention, "coverage", False)  # the attention reads c^t: track it in the state
+        self.grouped_queries = getattr(self.attention, "grouped_queries", False)
 
     def check_attention(self, choice: AttentionChoice) -> None:
         """There is one attention (layer -1 or 0); a head only for multihead attention."""
@@ -274,9 +292,11 @@ class RNNDecoder(nn.Module):
     def _attend(self, query: torch.Tensor, state: RNNState):
         """(context [B,C], weights [B,S] or per head [B,H,S], or None when nobody needs them)."""
         need = state.attention is not None or state.coverage is not None
+        memory, group = state.memory_for_rows(self.grouped_queries)
+        options = {"group": group} if group > 1 else {}
         if state.coverage is not None:
-            return self.attention(query, state.memory, state.position, need, coverage=state.coverage)
-        return self.attention(query, state.memory, state.position, need)
+            options["coverage"] = state.coverage
+        return self.attention(query, memory, state.position, need, **options)
 
     def _step(self, emb: torch.Tensor, state: RNNState):
         """emb [B,E] (dropout applied) -> (attentional state [B,H], context [B,C], new state, reported weights [B,S] or None)."""
@@ -293,7 +313,7 @@ class RNNDecoder(nn.Module):
             feed = attentional if self.input_feeding else None
         weights = self._report(weights, state.attention, 2)
         coverage = None if state.coverage is None else state.coverage + weights
-        new = RNNState(hidden, feed, state.memory, state.position + 1, state.attention, coverage)
+        new = RNNState(hidden, feed, state.memory, state.position + 1, state.attention, coverage, state.group)
         return attentional, context, new, (weights if state.attention is not None else None)
 
     @staticmethod
@@ -352,7 +372,8 @@ class RNNDecoder(nn.Module):
                 context, w = self._attend(h[:, t], state)
                 w = self._report(w, state.attention, 2)
                 coverage_next = None if state.coverage is None else state.coverage + w
-                state = RNNState(state.hidden, None, state.memory, state.position + 1, state.attention, coverage_next)
+                state = RNNState(state.hidden, None, state.memory, state.position + 1, state.attention, coverage_next,
+                                 state.group)
                 contexts.append(context)
                 weights.append(w)
             contexts = torch.stack(contexts, dim=1)

@@ -17,6 +17,9 @@ An attention module for RNNDecoder is built as attention(query_dim=, key_dim=) a
                            -> (contexts [B,T,C], weights [B,T,S] (multi-head: [B,H,T,S])); with
                            "current" timing and no input feeding the decoder then trains without
                            a step loop
+  grouped_queries          optional, True when forward also takes group=k: the memory then has
+                           one row per k consecutive query rows (k beam hypotheses of a sentence),
+                           so the decoder never copies the memory per hypothesis
   coverage                 optional, True when the score also reads the coverage vector c^t
                            (attention summed over earlier steps): forward then takes coverage=[B,S]
                            and the decoder carries c^t in its state
@@ -38,6 +41,11 @@ def masked_softmax(scores: torch.Tensor, allowed_not: torch.Tensor) -> torch.Ten
     return scores.float().masked_fill(allowed_not, float("-inf")).softmax(dim=-1).to(scores.dtype)
 
 
+def grouped_softmax(scores: torch.Tensor, padding_mask: torch.Tensor, group: int) -> torch.Tensor:
+    """masked_softmax of scores [B*k,S] whose padding mask [B,S] holds one row per k query rows."""
+    return masked_softmax(scores, padding_mask.repeat_interleave(group, 0) if group > 1 else padding_mask)
+
+
 def source_lengths(padding_mask: torch.Tensor) -> torch.Tensor:
     """Real source length [B] (as float, for positions) from a padding mask [B,S]."""
     return (~padding_mask).sum(dim=1).to(torch.float)
@@ -50,6 +58,7 @@ class MultiHeadAdapter(nn.Module):
     """
 
     query_timing = "current"
+    grouped_queries = True
 
     def __init__(self, attention: MultiHeadAttention):
         super().__init__()
@@ -60,9 +69,9 @@ class MultiHeadAdapter(nn.Module):
         k, v = self.attention.project_memory(keys)
         return k, v, padding_mask
 
-    def forward(self, query, memory, position: int, need_weights: bool = False):
+    def forward(self, query, memory, position: int, need_weights: bool = False, group: int = 1):
         k, v, padding_mask = memory
-        out, weights = self.attention(query[:, None], (k, v), padding_mask, need_weights)
+        out, weights = self.attention(query[:, None], (k, v), padding_mask, need_weights, group)
         if weights is None:
             return out[:, 0], None
         return out[:, 0], weights[:, :, 0]  # [B, H, S]

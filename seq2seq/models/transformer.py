@@ -13,7 +13,7 @@ from torch import nn
 from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
 from seq2seq.models.dropout import Dropout
 from seq2seq.models.embeddings import SinusoidalPositions
-from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut
+from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut, hypotheses_per_sentence, regroup
 
 
 class SelfAttention(nn.Module):
@@ -130,29 +130,17 @@ class TransformerState:
 
     def reorder(self, indices: torch.Tensor) -> "TransformerState":
         pick = lambda pair, idx: (pair[0].index_select(0, idx), pair[1].index_select(0, idx))  # noqa: E731
-        group = indices if self.group is None else self.group.index_select(0, indices)
         memory_kv, padding_mask = self.memory_kv, self.padding_mask
-        used, group = torch.unique(group, sorted=True, return_inverse=True)
+        used, group = regroup(self.group, indices)
         if used.numel() < padding_mask.size(0):  # sentences left: drop their memory
             memory_kv = [pick(kv, used) for kv in memory_kv]
             padding_mask = padding_mask.index_select(0, used)
         return TransformerState([pick(kv, indices) if kv is not None else None for kv in self.self_kv],
                                 memory_kv, padding_mask, self.position, self.attention, group)
 
-    def hypotheses_per_sentence(self) -> int:
-        """k when row r belongs to memory row r // k for every row (the beam layout), else 0."""
-        if self.group is None:
-            return 1
-        rows, sentences = self.group.numel(), self.padding_mask.size(0)
-        if rows % sentences:
-            return 0
-        k = rows // sentences
-        expected = torch.arange(sentences, device=self.group.device).repeat_interleave(k)
-        return k if torch.equal(self.group, expected) else 0
-
     def memory_for_rows(self):
         """(memory_kv, padding_mask, k): per-sentence memory when the layout allows, else gathered per row."""
-        k = self.hypotheses_per_sentence()
+        k = hypotheses_per_sentence(self.group, self.padding_mask.size(0))
         if k:
             return self.memory_kv, self.padding_mask, k
         pick = lambda pair: (pair[0].index_select(0, self.group), pair[1].index_select(0, self.group))  # noqa: E731
