@@ -1,13 +1,17 @@
 """Training and beam-search speed of seq2seq against Hugging Face Marian, side by side, same process.
 
 Both models have the same shape (d=256, 3+3 layers, 4 heads, FFN 1024, ReLU, 8k joint
-vocabulary, tied embeddings: about 7.6M parameters), see the same Multi30k batches and
-run on the same threads. Training counts target tokens per second over the same batches
-(label smoothing 0.1, AdamW). Decoding runs beam 5 over the same length-sorted batches of
-test_2016_flickr with the output length pinned (min = max = L new tokens), so both do
+vocabulary, tied embeddings: about 7.6M parameters; this project's layers are pre-norm as in
+the recipe, Marian's post-norm), see the same Multi30k batches (the recipe's 2,048 tokens) and
+run on the same threads. Training: each model is built once with its own AdamW (same settings)
+and trained in alternating rounds of --steps steps (the order flips every round); the table
+gives the median over rounds of target tokens/s and of source + target tokens/s. Peak resident
+memory is measured for each side alone in a child process (spawned, the same imports, the same
+steps), since one process's peak covers both. Decoding runs beam 5 over the same length-sorted
+batches of test_2016_flickr with the output length pinned (min = max = L new tokens), so both do
 the same number of steps whatever the weights.
 
-    SEQ2SEQ_DATA=../shared/data python bench/speed_vs_marian.py [--steps 30] [--sentences 300]
+    SEQ2SEQ_DATA=../shared/data python bench/speed_vs_marian.py [--rounds 3] [--steps 20] [--sentences 300]
 
 Needs `pip install transformers` (not a dependency of the package).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -51,78 +56,150 @@ def marian(vocab: int):
     return MarianMTModel(cfg)
 
 
-def train_speed(step_fn, params, batches) -> float:
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    step_fn(batches[0])  # warm-up
-    optimizer.zero_grad(set_to_none=True)
-    tokens, start = 0, time.perf_counter()
-    for batch in batches[1:]:
-        loss = step_fn(batch)
-        (loss / batch.ntokens).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens += batch.ntokens
-    return tokens / (time.perf_counter() - start)
+class Trainer:
+    """One model, its optimizer and its loss over a batch; `run` times a list of batches."""
+
+    def __init__(self, name: str, model: torch.nn.Module):
+        self.name, self.model = name, model.train()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-4)
+
+    def loss(self, batch):
+        if self.name == "seq2seq":
+            return self.model(batch.src, batch.prev_tokens, batch.target, 0.1).loss
+        logits = self.model(input_ids=batch.src, attention_mask=batch.src.ne(PAD), decoder_input_ids=batch.prev_tokens,
+                            decoder_attention_mask=batch.prev_tokens.ne(PAD)).logits
+        mask = batch.target.ne(PAD)
+        return F.cross_entropy(logits[mask], batch.target[mask], reduction="sum", label_smoothing=0.1)
+
+    def run(self, batches) -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            (self.loss(batch) / batch.ntokens).backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def load(args):
+    data = prepare_data({"root": args.data, "path": "multi30k", "format": "text", "src": "en", "tgt": "de",
+                         "splits": {"train": "train", "valid": "val"}, "cache_dir": args.cache},
+                        {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0,
+                         "max_sentences": 2_000_000})
+    train = data.train
+    order = bucket_batches([len(s) + 1 for s in train.src], [len(t) + 1 for t in train.tgt], args.batch_tokens,
+                           shuffle=True, seed=1)
+    need = 1 + args.rounds * args.steps
+    batches = [collate([train.src[i] for i in b], [train.tgt[i] for i in b]) for b in order[:need]]
+    return data, batches
+
+
+def build(name: str, vocab: int):
+    torch.manual_seed(0)
+    return ours(vocab) if name == "seq2seq" else marian(vocab)
+
+
+def peak_rss_child(name: str, args, queue) -> None:
+    """In a fresh process: the same imports and data, then one model trained on the same batches.
+
+    Reports the resident memory before the model is built and the peak while it trains (MiB): the
+    kernel's high-water mark is reset after loading (/proc/self/clear_refs), so loading does not hide it."""
+    import importlib
+
+    importlib.import_module("transformers")  # both children import the same modules
+    torch.set_num_threads(args.threads)
+    data, batches = load(args)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _status_mib("VmRSS")
+    Trainer(name, build(name, data.tokenizer.src_vocab_size)).run(batches[: 1 + args.steps])
+    queue.put((before, _status_mib("VmHWM")))
+
+
+def _status_mib(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def peak_rss(name: str, args) -> float:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=peak_rss_child, args=(name, args, queue))
+    child.start()
+    value = queue.get()
+    child.join()
+    return value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("SEQ2SEQ_DATA"), help="folder holding multi30k/")
-    parser.add_argument("--steps", type=int, default=30, help="training steps per model")
-    parser.add_argument("--batch-tokens", type=int, default=3072)
-    parser.add_argument("--sentences", type=int, default=300, help="test sentences to decode")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating training rounds (medians reported)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per model per round")
+    parser.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per batch (the recipe's)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sentences", type=int, default=300, help="test sentences to decode (0: skip decoding)")
     parser.add_argument("--length", type=int, default=20, help="pinned output length for decoding")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--cache", default="outputs/cache")
     args = parser.parse_args()
     if not args.data:
         parser.error("set SEQ2SEQ_DATA or --data to the folder that holds multi30k/")
-    torch.manual_seed(0)
-    data = prepare_data({"root": args.data, "path": "multi30k", "format": "text", "src": "en", "tgt": "de",
-                         "splits": {"train": "train", "valid": "val"}, "cache_dir": args.cache},
-                        {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0,
-                         "max_sentences": 2_000_000})
+    torch.set_num_threads(args.threads)
+    data, batches = load(args)
     vocab = data.tokenizer.src_vocab_size
-    train = data.train
-    order = bucket_batches([len(s) + 1 for s in train.src], [len(t) + 1 for t in train.tgt], args.batch_tokens,
-                           shuffle=True, seed=1)[: args.steps + 1]
-    batches = [collate([train.src[i] for i in b], [train.tgt[i] for i in b]) for b in order]
-    a, b = ours(vocab), marian(vocab)
-    print(f"threads {torch.get_num_threads()} | parameters: seq2seq {sum(p.numel() for p in a.parameters())/1e6:.2f}M, "
-          f"Marian {sum(p.numel() for p in b.parameters())/1e6:.2f}M")
+    sides = [Trainer("seq2seq", build("seq2seq", vocab)), Trainer("Marian", build("Marian", vocab))]
+    print(f"threads {torch.get_num_threads()} | parameters: "
+          + ", ".join(f"{t.name} {sum(p.numel() for p in t.model.parameters()) / 1e6:.2f}M" for t in sides))
+    for side in sides:
+        side.run(batches[:1])  # warm-up
+    rounds = [batches[1 + r * args.steps : 1 + (r + 1) * args.steps] for r in range(args.rounds)]
+    tgt = [sum(b.ntokens for b in chunk) for chunk in rounds]
+    both = [sum(b.ntokens + int(b.src.ne(PAD).sum()) for b in chunk) for chunk in rounds]
+    seconds = {side.name: [] for side in sides}
+    for r, chunk in enumerate(rounds):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            seconds[side.name].append(side.run(chunk))
+    rss = {} if args.no_rss else {side.name: peak_rss(side.name, args) for side in sides}
+    print(f"{'training':10s} | {'target tok/s':>12s} | {'src+tgt tok/s':>13s} | {'per round (target tok/s)':>30s} | "
+          "RSS before the model -> peak while training")
+    rate = {}
+    for side in sides:
+        per_round = [t / s for t, s in zip(tgt, seconds[side.name])]
+        rate[side.name] = statistics.median(per_round)
+        both_rate = statistics.median(t / s for t, s in zip(both, seconds[side.name]))
+        memory = f"{rss[side.name][0]:.0f} -> {rss[side.name][1]:.0f} MiB" if rss else "-"
+        print(f"{side.name:10s} | {rate[side.name]:12.0f} | {both_rate:13.0f} | "
+              f"{' '.join(f'{v:.0f}' for v in per_round):>30s} | {memory}")
+    summary = [f"training seq2seq/Marian {rate['seq2seq'] / rate['Marian']:.2f}x target tokens/s"]
+    if rss:
+        summary.append(f"peak RSS while training seq2seq/Marian {rss['seq2seq'][1] / rss['Marian'][1]:.2f}x")
 
-    def ours_step(batch):
-        return a(batch.src, batch.prev_tokens, batch.target, 0.1).loss
-
-    def marian_step(batch):
-        logits = b(input_ids=batch.src, attention_mask=batch.src.ne(PAD), decoder_input_ids=batch.prev_tokens,
-                   decoder_attention_mask=batch.prev_tokens.ne(PAD)).logits
-        mask = batch.target.ne(PAD)
-        return F.cross_entropy(logits[mask], batch.target[mask], reduction="sum", label_smoothing=0.1)
-
-    a.train(), b.train()
-    ours_tps = train_speed(ours_step, a.parameters(), batches)
-    marian_tps = train_speed(marian_step, b.parameters(), batches)
-    print(f"training  | seq2seq {ours_tps:8.0f} target tokens/s | Marian {marian_tps:8.0f} | "
-          f"ratio {ours_tps / marian_tps:.2f}x")
-
-    lines = read_lines(os.path.join(args.data, "multi30k", "test_2016_flickr.en"))[: args.sentences]
-    ids = sorted(data.tokenizer.encode_src(lines), key=len)
-    chunks = [ids[i : i + 100] for i in range(0, len(ids), 100)]
-    a.eval(), b.eval()
-    opts = GenerationOptions(beam_size=5, min_len=args.length, max_len_a=0.0, max_len_b=args.length)
-    with torch.no_grad():
-        start = time.perf_counter()
-        for chunk in chunks:
-            generate(a, pad_source(chunk), opts)
-        ours_sps = len(ids) / (time.perf_counter() - start)
-        start = time.perf_counter()
-        for chunk in chunks:
-            src = pad_source(chunk)
-            b.generate(input_ids=src, attention_mask=src.ne(PAD), num_beams=5, max_new_tokens=args.length,
-                       min_new_tokens=args.length, do_sample=False)
-        marian_sps = len(ids) / (time.perf_counter() - start)
-    print(f"beam 5    | seq2seq {ours_sps:8.1f} sentences/s    | Marian {marian_sps:8.1f} | "
-          f"ratio {ours_sps / marian_sps:.2f}x  ({len(ids)} sentences, {args.length} tokens each)")
+    if args.sentences:
+        a, b = sides[0].model.eval(), sides[1].model.eval()
+        lines = read_lines(os.path.join(args.data, "multi30k", "test_2016_flickr.en"))[: args.sentences]
+        ids = sorted(data.tokenizer.encode_src(lines), key=len)
+        chunks = [ids[i : i + 100] for i in range(0, len(ids), 100)]
+        opts = GenerationOptions(beam_size=5, min_len=args.length, max_len_a=0.0, max_len_b=args.length)
+        with torch.no_grad():
+            start = time.perf_counter()
+            for chunk in chunks:
+                generate(a, pad_source(chunk), opts)
+            ours_sps = len(ids) / (time.perf_counter() - start)
+            start = time.perf_counter()
+            for chunk in chunks:
+                src = pad_source(chunk)
+                b.generate(input_ids=src, attention_mask=src.ne(PAD), num_beams=5, max_new_tokens=args.length,
+                           min_new_tokens=args.length, do_sample=False)
+            marian_sps = len(ids) / (time.perf_counter() - start)
+        print(f"beam 5    | seq2seq {ours_sps:8.1f} sentences/s    | Marian {marian_sps:8.1f} | "
+              f"({len(ids)} sentences, {args.length} tokens each, untrained weights)")
+        summary.append(f"beam 5 (pinned length) {ours_sps / marian_sps:.2f}x")
+    print("ratios: " + "; ".join(summary))
 
 
 if __name__ == "__main__":
