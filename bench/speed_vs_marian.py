@@ -99,7 +99,7 @@ def build(name: str, vocab: int):
 
 
 def peak_rss_child(name: str, args, queue) -> None:
-    """In a fresh process: the same imports and data, then one model trained on the same batches.
+    """In a fresh process: the same imports and data, then one model trained on the same steps.
 
     Reports the resident memory before the model is built and the peak while it trains (MiB): the
     kernel's high-water mark is reset after loading (/proc/self/clear_refs), so loading does not hide it."""
@@ -123,7 +123,7 @@ def _status_mib(key: str) -> float:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def peak_rss(name: str, args) -> float:
+def peak_rss(name: str, args) -> tuple[float, float]:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
