@@ -56,25 +56,34 @@ def marian(vocab: int):
     return MarianMTModel(cfg)
 
 
-class Trainer:
-    """One model, its optimizer and its loss over a batch; `run` times a list of batches."""
+def ours_loss(model, batch):
+    return model(batch.src, batch.prev_tokens, batch.target, 0.1).loss
 
-    def __init__(self, name: str, model: torch.nn.Module):
-        self.name, self.model = name, model.train()
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-4)
 
-    def loss(self, batch):
-        if self.name == "seq2seq":
-            return self.model(batch.src, batch.prev_tokens, batch.target, 0.1).loss
-        logits = self.model(input_ids=batch.src, attention_mask=batch.src.ne(PAD), decoder_input_ids=batch.prev_tokens,
-                            decoder_attention_mask=batch.prev_tokens.ne(PAD)).logits
-        mask = batch.target.ne(PAD)
-        return F.cross_entropy(logits[mask], batch.target[mask], reduction="sum", label_smoothing=0.1)
+def marian_loss(model, batch):
+    """A plain loop's loss: the full logits, then label-smoothed cross-entropy on the non-pad positions."""
+    logits = model(input_ids=batch.src, attention_mask=batch.src.ne(PAD), decoder_input_ids=batch.prev_tokens,
+                   decoder_attention_mask=batch.prev_tokens.ne(PAD)).logits
+    mask = batch.target.ne(PAD)
+    return F.cross_entropy(logits[mask], batch.target[mask], reduction="sum", label_smoothing=0.1)
+
+
+SIDES = {"seq2seq": (ours, ours_loss), "Marian": (marian, marian_loss)}
+
+
+class Side:
+    """One model of the comparison with its AdamW (the same settings for both); `run` times a list of batches."""
+
+    def __init__(self, name: str, vocab: int):
+        build, self.loss = SIDES[name]
+        torch.manual_seed(0)
+        self.name, self.model = name, build(vocab).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-4)
 
     def run(self, batches) -> float:
         start = time.perf_counter()
         for batch in batches:
-            (self.loss(batch) / batch.ntokens).backward()
+            (self.loss(self.model, batch) / batch.ntokens).backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start
@@ -93,11 +102,6 @@ def load(args):
     return data, batches
 
 
-def build(name: str, vocab: int):
-    torch.manual_seed(0)
-    return ours(vocab) if name == "seq2seq" else marian(vocab)
-
-
 def peak_rss_child(name: str, args, queue) -> None:
     """In a fresh process: the same imports and data, then one model trained on the same steps.
 
@@ -111,7 +115,7 @@ def peak_rss_child(name: str, args, queue) -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     before = _status_mib("VmRSS")
-    Trainer(name, build(name, data.tokenizer.src_vocab_size)).run(batches[: 1 + args.steps])
+    Side(name, data.tokenizer.src_vocab_size).run(batches[: 1 + args.steps])
     queue.put((before, _status_mib("VmHWM")))
 
 
@@ -149,10 +153,12 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data:
         parser.error("set SEQ2SEQ_DATA or --data to the folder that holds multi30k/")
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be >= 1")
     torch.set_num_threads(args.threads)
     data, batches = load(args)
     vocab = data.tokenizer.src_vocab_size
-    sides = [Trainer("seq2seq", build("seq2seq", vocab)), Trainer("Marian", build("Marian", vocab))]
+    sides = [Side(name, vocab) for name in SIDES]
     print(f"threads {torch.get_num_threads()} | parameters: "
           + ", ".join(f"{t.name} {sum(p.numel() for p in t.model.parameters()) / 1e6:.2f}M" for t in sides))
     for side in sides:
