@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seq2seq.models.gemm import Linear
+
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, T, H*dh] -> [B, H, T, dh]."""
@@ -55,9 +57,9 @@ class MultiHeadAttention(nn.Module):
         if query_dim % heads:
             raise ValueError(f"attention heads ({heads}) must divide the query size ({query_dim})")
         self.heads, self.dropout = heads, dropout
-        self.q_proj = nn.Linear(query_dim, query_dim)
-        self.kv_proj = nn.Linear(key_dim, 2 * query_dim)
-        self.out_proj = nn.Linear(query_dim, query_dim)
+        self.q_proj = Linear(query_dim, query_dim)
+        self.kv_proj = Linear(key_dim, 2 * query_dim)
+        self.out_proj = Linear(query_dim, query_dim)
         self.output_dim = query_dim
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

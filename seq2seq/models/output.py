@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seq2seq.models.gemm import linear, mm_nn, mm_nt, mm_tn
+
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Under autocast the matmuls run in the autocast dtype (the weight is cast to it), while the
@@ -23,13 +25,13 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else features.dtype
         w = weight.to(dtype)
         grad_features = torch.empty_like(features)
-        grad_weight = torch.zeros_like(weight)
+        grad_weight = None
         loss = features.new_zeros((), dtype=torch.float32)
         nll = features.new_zeros((), dtype=torch.float32)
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n, chunk):
                 h, t = features[start : start + chunk].to(dtype), target[start : start + chunk]
-                logits = (h @ w.t()).float()
+                logits = mm_nt(h, w).float()
                 lse = torch.logsumexp(logits, dim=1)
                 target_logit = logits.gather(1, t[:, None])[:, 0]
                 chunk_nll = (lse - target_logit).sum()
@@ -42,14 +44,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 if smoothing:
                     grad.sub_(smoothing / vocab)
                 grad = grad.to(dtype)
-                if dtype == features.dtype:
-                    torch.mm(grad, w, out=grad_features[start : start + chunk])
-                else:
-                    grad_features[start : start + chunk] = grad @ w
-                if dtype == grad_weight.dtype:
-                    grad_weight.addmm_(grad.t(), h)
-                else:
-                    grad_weight += grad.t() @ h
+                grad_features[start : start + chunk] = mm_nn(grad, w)
+                part = mm_tn(grad, h)  # the fp32 accumulator below is the master copy under autocast
+                grad_weight = part.to(weight.dtype) if grad_weight is None else grad_weight.add_(part)
+        if grad_weight is None:  # no rows
+            grad_weight = torch.zeros_like(weight)
         ctx.save_for_backward(grad_features, grad_weight)
         return loss, nll
 
@@ -88,7 +87,7 @@ class OutputLayer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores (logits) [..., V]."""
-        return features @ self.weight.t()
+        return linear(features, self.weight)
 
     def log_probs(self, out, src_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """log P(w) [..., V] from a DecoderOut."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
 from seq2seq.models.dropout import Dropout
+from seq2seq.models.gemm import Linear
 from seq2seq.models.embeddings import SinusoidalPositions
 from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut, hypotheses_per_sentence, regroup
 
@@ -22,8 +23,8 @@ class SelfAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"attention heads ({heads}) must divide the model size ({dim})")
         self.heads, self.dropout = heads, dropout
-        self.qkv_proj = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.qkv_proj = Linear(dim, 3 * dim)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, x, mask=None, causal=False, cache=None):
         """x [B,T,D]. With cache (k, v) of earlier positions, x holds only the new ones; returns (out, (k, v))."""
@@ -36,7 +37,7 @@ class SelfAttention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, dim: int, ffn_dim: int, dropout: float):
-        super().__init__(nn.Linear(dim, ffn_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+        super().__init__(Linear(dim, ffn_dim), nn.ReLU(), Dropout(dropout), Linear(ffn_dim, dim))
 
 
 class EncoderLayer(nn.Module):

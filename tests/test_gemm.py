@@ -1,0 +1,127 @@
+"""The oneDNN matrix products (seq2seq/models/gemm.py) against float64 references, and when they are used."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.models import gemm
+from seq2seq.models.gemm import Linear, linear, mm_nn, mm_nt, mm_tn
+from seq2seq.models.model import DecoderOut, OutputSizes
+from seq2seq.models.output import OutputLayer, smoothed_nll
+
+needs_onednn = pytest.mark.skipif(not gemm._ONEDNN, reason="this torch build has no oneDNN inner product")
+
+
+def close_to_float64(got: torch.Tensor, want: torch.Tensor) -> None:
+    """float32 rounding only: relative to the largest value, as a matrix product's error grows with it."""
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6
+
+
+@pytest.fixture
+def count_onednn(monkeypatch):
+    """Counts the calls that reach oneDNN."""
+    calls = []
+    real = gemm._inner_product
+    monkeypatch.setattr(gemm, "_inner_product", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows, inner, columns", [(300, 64, 160), (300, 160, 64), (200, 96, 96)])
+def test_the_three_products_equal_float64(rows, inner, columns, count_onednn):
+    torch.manual_seed(0)
+    a, b = torch.randn(rows, inner), torch.randn(columns, inner)
+    close_to_float64(mm_nt(a, b), a.double() @ b.double().t())
+    g = torch.randn(rows, columns)
+    close_to_float64(mm_nn(g, b), g.double() @ b.double())
+    close_to_float64(mm_tn(g, a), g.double().t() @ a.double())  # both orientations: columns > or <= inner
+    assert len(count_onednn) == 3
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 40, 64), (300, 64), (5, 3, 20, 64)])
+def test_linear_values_and_gradients_equal_float64(shape, bias, count_onednn):
+    torch.manual_seed(0)
+    layer = Linear(64, 96, bias=bias)
+    x = torch.randn(*shape, requires_grad=True)
+    y = layer(x)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert count_onednn, "the product did not go through oneDNN"
+
+    ref_layer = torch.nn.Linear(64, 96, bias=bias).double()
+    ref_layer.load_state_dict(layer.state_dict())
+    x64 = x.detach().double().requires_grad_()
+    y64 = ref_layer(x64)
+    y64.backward(grad.double())
+    close_to_float64(y, y64)
+    close_to_float64(x.grad, x64.grad)
+    close_to_float64(layer.weight.grad, ref_layer.weight.grad)
+    if bias:
+        close_to_float64(layer.bias.grad, ref_layer.bias.grad)
+
+
+@needs_onednn
+def test_a_frozen_input_or_weight_gets_no_gradient_and_no_grad_mode_builds_no_graph():
+    layer = Linear(64, 200)
+    x = torch.randn(100, 64)  # an input that needs no gradient (the first layer's embeddings may be frozen)
+    layer(x).sum().backward()
+    assert x.grad is None and layer.weight.grad is not None
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    x.requires_grad_()
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+
+
+def test_small_products_other_dtypes_and_the_off_switch_take_torchs_kernels(count_onednn):
+    layer = Linear(64, 64)
+    small = torch.randn(2, 64)  # 2 x 64 x 64 multiply-adds < MIN_MACS: a decoding step of two hypotheses
+    torch.testing.assert_close(layer(small), F.linear(small, layer.weight, layer.bias), rtol=0, atol=0)
+    layer64 = Linear(64, 200).double()
+    x64 = torch.randn(300, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer64(x64), F.linear(x64, layer64.weight, layer64.bias), rtol=0, atol=0)
+    big = torch.randn(300, 64)
+    with torch.backends.mkldnn.flags(enabled=False):
+        torch.testing.assert_close(layer(big), F.linear(big, layer.weight, layer.bias), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(big).dtype == torch.bfloat16
+    assert not count_onednn
+    assert linear(torch.randn(0, 64), layer.weight, layer.bias).shape == (0, 64)
+
+
+def test_linear_keeps_nn_linear_parameters_and_state_dict_keys():
+    torch.manual_seed(0)
+    ours = Linear(8, 4)
+    torch.manual_seed(0)
+    theirs = torch.nn.Linear(8, 4)
+    assert isinstance(ours, torch.nn.Linear) and list(ours.state_dict()) == ["weight", "bias"]
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=0)
+
+
+@needs_onednn
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_output_loss_and_gradients_equal_float64_autograd(smoothing, count_onednn):
+    """The chunked loss with its products on oneDNN (several chunks, a ragged last one) against
+    autograd through log_softmax in float64."""
+    torch.manual_seed(0)
+    layer = OutputLayer(OutputSizes(64, 64, 64, 300, True), chunk=128)
+    features = torch.randn(350, 64, requires_grad=True)
+    target = torch.randint(0, 300, (350,))
+    loss, nll = layer.loss(DecoderOut(features), None, target, smoothing)
+    loss.backward()
+    assert count_onednn
+
+    f64 = features.detach().double().requires_grad_()
+    w64 = layer.weight.detach().double().requires_grad_()
+    ref_loss, ref_nll = smoothed_nll(torch.log_softmax(f64 @ w64.t(), dim=-1), target, smoothing)
+    ref_loss.backward()
+    torch.testing.assert_close(loss.double(), ref_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(nll.double(), ref_nll, rtol=1e-5, atol=0)
+    close_to_float64(features.grad, f64.grad)
+    close_to_float64(layer.weight.grad, w64.grad)
