@@ -10,21 +10,40 @@ torch's own kernels. Results equal torch's up to float32 rounding (tests/test_ge
 
 oneDNN costs ~10 microseconds more per call than MKL, so products of fewer than MIN_MACS
 multiply-adds (a decoding step of a few hypotheses) stay on MKL.
+
+oneDNN compiles a kernel for every new shape and caches up to 1,024 of them (two caches: oneDNN's
+and PyTorch's ideep wrapper), at ~1.5 MB each. Batches of varying length make new shapes all
+the time, so with the defaults a training run's memory grows by ~1.5 GB; this module lowers both
+capacities to CACHE_CAPACITY (the variables are read when oneDNN first runs, so they are set at
+import; a value the user set wins). Measured on the Multi30k Transformer, 60 steps: peak memory
+1,720 MiB with the defaults, 871 with 16 (MKL: 849), and no slower (recompiling a kernel costs
+~1 ms); the pointer-generator recipe trains as fast (60 steps: 1,700 tokens/s against 1,630).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MIN_MACS = 1_500_000  # rows x inner x columns; below it MKL's lower call overhead wins (measured)
+CACHE_CAPACITY = 16  # compiled oneDNN kernels kept (see above)
+
+for _variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+    os.environ.setdefault(_variable, str(CACHE_CAPACITY))
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _inner_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """oneDNN's a [M, K] @ b [N, K]^T (+ bias [N]); a and b may be strided views."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    """oneDNN's a [M, K] @ b [N, K]^T (+ bias [N]). a and b may be transposed views; any other
+    layout (an expanded gradient such as that of .sum() has stride 0: oneDNN crawls) is copied."""
+    return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b), bias, "none", [], "")
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
 def _use_onednn(macs: int, *tensors: torch.Tensor | None) -> bool:
