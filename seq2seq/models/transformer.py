@@ -12,8 +12,8 @@ from torch import nn
 
 from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
 from seq2seq.models.dropout import Dropout
-from seq2seq.models.gemm import Linear
 from seq2seq.models.embeddings import SinusoidalPositions
+from seq2seq.models.gemm import Linear
 from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut, hypotheses_per_sentence, regroup
 
 
