@@ -6,6 +6,10 @@ of 2,048 rows, the forward product, the input gradient and the weight gradient, 
 median GFLOP/s. Tells whether this CPU gains from oneDNN: MKL does not use AVX-512 on AMD processors,
 so the gain is large there and may be nil on an Intel one.
 
+Then what kernels.linear=auto picks for these shapes on this host (the calibration the entry points
+run, timed; not cached here) and the same products under each plan (mkl, onednn, auto): auto should be
+at least as fast as the faster fixed choice.
+
     python bench/gemm_kernels.py [--rows 2048] [--rounds 5] [--threads 2]
 """
 from __future__ import annotations
@@ -48,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.repeats < 1 or args.rows < 1:
         parser.error("--rows, --rounds and --repeats must be >= 1")
-    if not gemm._ONEDNN:
+    if not gemm._op_available():
         parser.error("this torch build has no oneDNN inner product")
     torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()} | torch {torch.__version__} | GFLOP/s, median of {args.rounds} rounds")
@@ -71,6 +75,30 @@ def main() -> None:
             print(f"{name:30s} | {which:15s} | {flops / median['MKL'] / 1e9:6.0f} | {flops / median['oneDNN'] / 1e9:6.0f} | "
                   f"{median['MKL'] / median['oneDNN']:.2f}x")
     print(f"ratios: all products of the table, oneDNN/MKL {total['MKL'] / total['oneDNN']:.2f}x faster")
+
+    shapes = [(inner, columns) for _, inner, columns in SHAPES]
+    start = time.perf_counter()
+    plan, record = gemm.calibrate(shapes, [512, 32], cache_dir=None)
+    print(f"kernels.linear=auto on this host: {time.perf_counter() - start:.2f} s of calibration, oneDNN for "
+          f"{', '.join(record['onednn']) or 'nothing'} (kind/size class; classes: <1M, <8M, <64M, >=64M multiply-adds)")
+    plans = {"mkl": gemm.KernelPlan("mkl"), "onednn": gemm.KernelPlan("onednn", gemm.ALL_ONEDNN, gemm.MIN_MACS),
+             "auto": plan}
+    seconds = {name: [] for name in plans}
+    for r in range(args.rounds):
+        for name in (list(plans) if r % 2 == 0 else list(plans)[::-1]):
+            gemm.set_plan(plans[name])
+            t = 0.0
+            for _, inner, columns in SHAPES:
+                rows = 512 if columns == 8000 else args.rows
+                x, w, dy = torch.randn(rows, inner), torch.randn(columns, inner), torch.randn(rows, columns)
+                for f in (lambda: gemm.mm_nt(x, w), lambda: gemm.mm_nn(dy, w), lambda: gemm.mm_tn(dy, x)):
+                    f()
+                    t += timed(f, args.repeats)
+            seconds[name].append(t)
+    median = {k: statistics.median(v) for k, v in seconds.items()}
+    print("all products of the table under each plan (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in median.items()))
+    print(f"ratios: auto/mkl {median['mkl'] / median['auto']:.2f}x, auto/onednn {median['onednn'] / median['auto']:.2f}x "
+          "faster (>= 1 and ~1 against the faster fixed choice)")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from seq2seq.data.corpus import read_lines
 from seq2seq.data.prepare import prepare_data
 from seq2seq.data.tokenizer import BOS, EOS, PAD
 from seq2seq.generation.search import GenerationOptions, generate
+from seq2seq.models import gemm
 from seq2seq.models.model import build_model
 
 DIM, LAYERS, HEADS, FFN = 256, 3, 4, 1024
@@ -69,6 +70,7 @@ def marian_loss(model, batch):
 
 
 SIDES = {"seq2seq": (ours, ours_loss), "Marian": (marian, marian_loss)}
+KERNELS = ["auto"]  # --kernels
 
 
 class Side:
@@ -78,6 +80,9 @@ class Side:
         build, self.loss = SIDES[name]
         torch.manual_seed(0)
         self.name, self.model = name, build(vocab).train()
+        if name == "seq2seq":  # what seq2seq-train does with kernels.linear (Marian keeps torch's nn.Linear)
+            print(f"seq2seq kernels.linear={KERNELS[0]}: "
+                  f"{gemm.configure(KERNELS[0], 16, self.model, rows=(256, 32), cache_dir=None)}")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-4)
 
     def run(self, batches) -> float:
@@ -110,6 +115,7 @@ def peak_rss_child(name: str, args, queue) -> None:
     import importlib
 
     importlib.import_module("transformers")  # both children import the same modules
+    KERNELS[0] = args.kernels
     torch.set_num_threads(args.threads)
     data, batches = load(args)
     with open("/proc/self/clear_refs", "w") as f:
@@ -150,7 +156,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=20, help="pinned output length for decoding")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--cache", default="outputs/cache")
+    parser.add_argument("--kernels", default="auto", choices=gemm.CHOICES, help="seq2seq's kernels.linear")
     args = parser.parse_args()
+    KERNELS[0] = args.kernels
     if not args.data:
         parser.error("set SEQ2SEQ_DATA or --data to the folder that holds multi30k/")
     if args.rounds < 1 or args.steps < 1:

@@ -162,7 +162,9 @@ def decode(cfg: DictConfig) -> int:
     first = list(itertools.islice(documents, chunk_lines))  # input errors of the first chunk before the model loads
     need_attention = bool(cfg.attention) or opts.print_alignment
     backend, compute_type = cfg.get("backend", "torch"), cfg.get("compute_type", "default")
-    model = None
+    model, amp = None, None
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={cfg.precision}: expected auto, fp32 or bf16")
     if backend == "ctranslate2":  # the checkpoint exported once into <run>/exports/ (seq2seq.export)
         from seq2seq.data.tokenizer import Tokenizer
         from seq2seq.export import TOKENIZER_FOLDER, check_ctranslate2_options, ctranslate2_cache
@@ -177,6 +179,7 @@ def decode(cfg: DictConfig) -> int:
         model, tokenizer, path = load_run(cfg.run, cfg.checkpoint, device)
         if need_attention:
             model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
+        amp = _choose_host_paths(cfg, model, tokenizer, path, first, opts, settings, device)
     else:
         raise ValueError(f"backend={backend}: choose torch or ctranslate2")
     log.info("decoding %s with %s (%s)", cfg.input, path,
@@ -188,7 +191,7 @@ def decode(cfg: DictConfig) -> int:
             for chunk in chunks(itertools.chain(first, documents), chunk_lines):
                 src_ids = tokenizer.encode_src(chunk)
                 results = _decode_chunk(backend, model, path, src_ids, opts, cfg, device, compute_type,
-                                        need_attention, bar)
+                                        need_attention, bar, amp)
                 writer.write(format_outputs(results, tokenizer, opts, offset=done))
                 if cfg.attention:
                     attention_items += _attention_items(tokenizer, src_ids, results, done, model.max_positions,
@@ -209,8 +212,32 @@ def decode(cfg: DictConfig) -> int:
     return done
 
 
-def _decode_chunk(backend, model, path, src_ids, opts, cfg, device, compute_type: str, need_attention: bool, bar):
-    """Hypotheses of one chunk's sources, in order, with the chosen backend."""
+def _choose_host_paths(cfg, model, tokenizer, path, first: list, opts, settings: dict, device):
+    """kernels.linear and precision for backend=torch on this host: the autocast dtype (None: fp32)."""
+    import torch
+
+    from seq2seq.models import gemm
+    from seq2seq.training import precision
+
+    if device.type == "cpu":
+        kernels = gemm.configure(cfg.kernels.linear, cfg.kernels.onednn_cache_capacity, model,
+                                 rows=(min(cfg.batch_tokens, 256), 32), cache_dir=cfg.kernels.cache_dir)
+        log.info("matrix products (kernels.linear=%s): %s", cfg.kernels.linear, kernels)
+    sample = tokenizer.encode_src([d for d in first if d.strip()][:32])
+    if cfg.precision == "auto" and not sample:
+        return None
+    chosen, record = precision.choose(
+        cfg.precision, device, lambda: precision.measure_decoding(model, sample, opts, device, cfg.batch_tokens),
+        cfg.kernels.cache_dir, key={"checkpoint": str(Path(path).resolve()), "mtime": Path(path).stat().st_mtime,
+                                    "generation": settings}, what="decode precision")
+    if cfg.precision == "auto":
+        log.info("precision=auto: %s (%s)", chosen, ", ".join(f"{k} {v}" for k, v in record.items() if k != "precision"))
+    return torch.bfloat16 if chosen == "bf16" else None
+
+
+def _decode_chunk(backend, model, path, src_ids, opts, cfg, device, compute_type: str, need_attention: bool, bar,
+                  amp=None):
+    """Hypotheses of one chunk's sources, in order, with the chosen backend (amp: the autocast dtype, torch)."""
     if backend == "ctranslate2":
         import torch
 
@@ -220,8 +247,13 @@ def _decode_chunk(backend, model, path, src_ids, opts, cfg, device, compute_type
                                   threads=torch.get_num_threads(), batch_tokens=cfg.batch_tokens, progress=bar)
     from seq2seq.generation.decoding import decode_ids
 
-    return decode_ids(model, src_ids, opts, batch_tokens=cfg.batch_tokens, device=device,
-                      need_attention=need_attention, progress=bar)
+    import contextlib
+
+    import torch
+
+    with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+        return decode_ids(model, src_ids, opts, batch_tokens=cfg.batch_tokens, device=device,
+                          need_attention=need_attention, progress=bar)
 
 
 def format_outputs(results, tokenizer, opts, offset: int = 0) -> list[str]:

@@ -29,6 +29,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     import torch
 
+    from seq2seq import host
     from seq2seq.data.prepare import filter_training_pairs, prepare_data
     from seq2seq.generation.search import GenerationOptions
     from seq2seq.models.model import build_model
@@ -36,6 +37,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from seq2seq.training.trainer import Trainer, TrainerOptions
 
     check_keys("dist", to_dict(cfg.dist), ("backend", "timeout_minutes", "main_wait_minutes"))
+    check_keys("kernels", to_dict(cfg.kernels), ("linear", "onednn_cache_capacity", "cache_dir"))
     dist = distributed.from_environment()
     setup_logging(dist.rank)
     device = resolve_device(cfg.device)
@@ -81,9 +83,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("model: %s encoder, %s decoder, %.2fM parameters, vocabulary %d/%d, %d training pairs",
              cfg.model.encoder.name, cfg.model.decoder.name, params / 1e6, data.tokenizer.src_vocab_size,
              data.tokenizer.tgt_vocab_size, len(data.train))
+    kernels = configure_kernels(cfg.kernels, model, device, data_cfg["batch_tokens"], dist)
     trainer = Trainer(model, data, run_dir, options, optim=to_dict(cfg.optim), schedule=schedule,
                       batch_tokens=data_cfg["batch_tokens"], valid_batch_tokens=data_cfg["valid_batch_tokens"],
-                      generation=generation, model_config=model_cfg, seed=cfg.seed, device=device, dist=dist)
+                      generation=generation, model_config=model_cfg, seed=cfg.seed, device=device, dist=dist,
+                      host_cache=cfg.kernels.cache_dir, setup={"kernels": kernels, "host": host.describe()})
     try:
         summary = trainer.fit()
     finally:
@@ -92,6 +96,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if dist.is_main:
         log.info("done: %s", summary)
     return summary
+
+
+def configure_kernels(kernels, model, device, batch_tokens: int, dist=None) -> dict:
+    """kernels.linear for this process (seq2seq.models.gemm): on a CPU, auto times the model's product shapes
+    at a training chunk (up to 256 rows) and a decoding step's size (32 rows); every rank takes rank 0's plan."""
+    from seq2seq.models import gemm
+    from seq2seq.training import distributed
+
+    if device.type != "cpu":
+        return {"choice": f"torch ({device.type})"}
+    main = dist is None or dist.is_main
+    record = gemm.configure(kernels.linear if main else "mkl", kernels.onednn_cache_capacity, model,
+                            rows=(min(batch_tokens, 256), 32), cache_dir=kernels.cache_dir)
+    if dist is not None and dist.enabled:  # rank 0 measured; the others take its plan
+        plan, record = distributed.broadcast_object((gemm.current_plan(), record), dist)
+        gemm.set_plan(plan)
+    log.info("matrix products (kernels.linear=%s): %s", kernels.linear, record)
+    return record
 
 
 def _schedule(cfg):

@@ -208,7 +208,7 @@ def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, opti
     torch.manual_seed(1)
     model = build_model(config, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
     opts = TrainerOptions(**{"max_steps": steps, "valid_every": 1000, "valid_max_sentences": 4, "log_every": 1,
-                             "progress": False, **options})
+                             "progress": False, "precision": "fp32", **options})
     optim = {"lr": 0.005, "betas": (0.9, 0.98), "eps": 1e-9, "weight_decay": 0.0, "clip_norm": 1.0,
              "label_smoothing": 0.1, **(optim or {})}
     return Trainer(model, data, run, opts, optim=optim,

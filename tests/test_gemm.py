@@ -12,7 +12,15 @@ from seq2seq.models.gemm import Linear, linear, mm_nn, mm_nt, mm_tn
 from seq2seq.models.model import DecoderOut, OutputSizes
 from seq2seq.models.output import OutputLayer, smoothed_nll
 
-needs_onednn = pytest.mark.skipif(not gemm._ONEDNN, reason="this torch build has no oneDNN inner product")
+needs_onednn = pytest.mark.skipif(not gemm._op_available(), reason="this torch build has no oneDNN inner product")
+
+
+@pytest.fixture(autouse=True)
+def onednn_plan():
+    """These tests check the oneDNN route: kernels.linear=onednn (a process's plan is MKL until configured)."""
+    previous = gemm.set_plan(gemm.KernelPlan("onednn", gemm.ALL_ONEDNN, gemm.MIN_MACS))
+    yield
+    gemm.set_plan(previous)
 
 
 def close_to_float64(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -139,8 +147,11 @@ def test_memory_stays_bounded_over_many_batch_shapes():
 
     script = """
 import os, sys, torch
-from seq2seq.models.gemm import Linear, CACHE_CAPACITY
-assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(CACHE_CAPACITY)
+from seq2seq.models import gemm
+from seq2seq.models.gemm import Linear
+assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # nothing is set at import
+gemm.configure("onednn", cache_capacity=16)
+assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == os.environ["LRU_CACHE_CAPACITY"] == "16"
 def rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
 layer = Linear(256, 1024)

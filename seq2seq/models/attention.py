@@ -34,6 +34,14 @@ def attend(q, k, v, mask=None, dropout: float = 0.0, need_weights: bool = False,
     Returns (output [B,H,T,dh], weights [B,H,T,S] or None).
     """
     if not need_weights:
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # torch's fused CPU attention is several times slower in bf16 than in fp32, its backward most
+            # (measured on the Multi30k Transformer: 34 against 7.7 ms a call): under bf16 autocast the
+            # attention itself runs in fp32, between the bf16 projections
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                     dropout_p=dropout, is_causal=causal)
+            return out.to(q.dtype), None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal), None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     if causal:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seq2seq.models.gemm import Linear
 from seq2seq.models.rnn_attention import grouped_softmax, masked_softmax
 
 
@@ -34,9 +35,9 @@ class BahdanauAttention(nn.Module):
             raise ValueError(f"model.attention.timing must be previous or current, not '{timing}'")
         self.query_timing = timing
         hidden_dim = hidden_dim or query_dim
-        self.key_proj = nn.Linear(key_dim, hidden_dim, bias=False)
-        self.query_proj = nn.Linear(query_dim, hidden_dim)
-        self.v = nn.Linear(hidden_dim, 1, bias=False)
+        self.key_proj = Linear(key_dim, hidden_dim, bias=False)
+        self.query_proj = Linear(query_dim, hidden_dim)
+        self.v = Linear(hidden_dim, 1, bias=False)
         self.coverage = coverage
         if coverage:
             self.coverage_proj = nn.Parameter(torch.zeros(hidden_dim))  # w_c

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seq2seq.models.gemm import mm_nn, mm_nt, mm_tn
 from seq2seq.models.model import AttentionChoice, DecoderOut
 from seq2seq.models.output import OutputLayer, smoothed_nll
 
@@ -77,7 +78,7 @@ class _FusedCopyLoss(torch.autograd.Function):
                 h, t, s = features[rows].to(dtype), target[rows, None], src[rows]
                 zc, a = z[rows].to(acc), attention[rows].to(acc)
                 log_g, log_not_g = F.logsigmoid(zc)[:, None], F.logsigmoid(-zc)[:, None]
-                logits = (h @ w.t()).to(acc)
+                logits = mm_nt(h, w).to(acc)  # the three products on the host's kernel (seq2seq.models.gemm)
                 logits_sum = logits.sum(1)
                 top = logits.amax(1, keepdim=True)
                 picked = {"t": logits.gather(1, t), "s": logits.gather(1, s)}
@@ -116,8 +117,8 @@ class _FusedCopyLoss(torch.autograd.Function):
                 coef = eps / vocab + (1.0 - eps) * (s == t).to(acc)
                 grad_attention[rows] = -coef * not_g_over_p
                 grad = grad.to(dtype)
-                grad_features[rows] = (grad @ w).to(features.dtype)
-                grad_weight.addmm_(grad.t().to(acc), h.to(acc))
+                grad_features[rows] = mm_nn(grad, w).to(features.dtype)
+                grad_weight.add_(mm_tn(grad.to(acc), h.to(acc)))
         ctx.save_for_backward(grad_features, grad_weight.to(weight.dtype), grad_z.to(z.dtype),
                               grad_attention.to(attention.dtype))
         return loss, nll

@@ -1,39 +1,212 @@
-"""The models' matrix products on the faster of the two CPU kernels PyTorch ships.
+"""The models' matrix products on the faster of the two CPU kernels PyTorch ships, chosen on the host.
 
-PyTorch's CPU build multiplies float32 matrices with MKL, which does not use AVX-512 on AMD
-processors: on this project's 2-core AMD EPYC host `torch.mm` reaches ~200 GFLOP/s where
-oneDNN, also part of the build, reaches ~400 on the Transformer's shapes (bench/README.md).
-`linear` and the three products below run on oneDNN's inner-product kernel when every
-tensor is a float32 CPU tensor, oneDNN is enabled (`torch.backends.mkldnn.flags(enabled=False)`
-turns it off) and autocast is off; anything else (CUDA, float64, bf16 autocast) takes
-torch's own kernels. Results equal torch's up to float32 rounding (tests/test_gemm.py).
+PyTorch's CPU build multiplies float32 matrices with MKL (`torch.mm`, what `nn.Linear` uses). MKL does
+not use AVX-512 on AMD processors: on this project's 2-core AMD EPYC host oneDNN, also part of the
+build, is about twice as fast on the Transformer's shapes; on an Intel Xeon with AVX-512 MKL is the
+faster one (oneDNN 0.92x of it over the same products). So neither is a default: `linear`, `Linear`
+and the three products below ask the process's KernelPlan, per product kind (forward, input
+gradient, weight gradient) and size class, whether to take oneDNN's inner-product kernel.
 
-oneDNN costs ~10 microseconds more per call than MKL, so products of fewer than MIN_MACS
-multiply-adds (a decoding step of a few hypotheses) stay on MKL.
+The entry points configure it from `kernels.linear` (configure / calibrate below):
+  - mkl: torch's kernels everywhere (the plan of a process that configured nothing);
+  - onednn: oneDNN for every float32 CPU product of MIN_MACS multiply-adds or more;
+  - auto: the model's own product shapes timed on both kernels at start-up (well under a second),
+    the faster taken per class, the result kept in the cache folder per CPU model, flags, torch
+    version and thread count (seq2seq.host).
+oneDNN is used only for float32 CPU tensors with autocast off and `torch.backends.mkldnn` enabled;
+anything else (CUDA, float64, bf16 autocast) takes torch's kernels. Before the first use the private
+op is checked once against F.linear: missing, changed (another signature) or wrong, the plan falls
+back to MKL with one warning. Results equal torch's up to float32 rounding (tests/test_gemm.py).
 
-oneDNN compiles a kernel for every new shape and caches up to 1,024 of them (two caches: oneDNN's
-and PyTorch's ideep wrapper), at ~1.5 MB each. Batches of varying length make new shapes all
-the time, so with the defaults a training run's memory grows towards ~1.5 GB; this module lowers both
-capacities to CACHE_CAPACITY (the variables are read when oneDNN first runs, so they are set at
-import; a value the user set wins). Measured on the Multi30k Transformer, 60 steps: peak memory
-1,720 MiB with the defaults, 871 with 16 (MKL: 849), and no slower (recompiling a kernel costs
-~1 ms); the pointer-generator recipe trains as fast (60 steps: 1,700 tokens/s against 1,630).
+oneDNN compiles a kernel for every new shape and caches up to 1,024 (two caches: oneDNN's and
+PyTorch's ideep wrapper), at ~1.5 MB each; batches of varying length make new shapes all the time,
+so configure() lowers both capacities to `kernels.onednn_cache_capacity` (16: measured on the Multi30k
+Transformer, 60 steps, peak memory 1,720 MiB with the defaults and 871 with 16, no slower). oneDNN
+reads the two variables at its first use, so they are set there (a value the user set wins).
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
+import time
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_MACS = 1_500_000  # rows x inner x columns; below it MKL's lower call overhead wins (measured)
-CACHE_CAPACITY = 16  # compiled oneDNN kernels kept (see above)
+log = logging.getLogger(__name__)
 
-for _variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-    os.environ.setdefault(_variable, str(CACHE_CAPACITY))
+MIN_MACS = 1_500_000  # kernels.linear=onednn: rows x inner x columns below it stay on MKL (its lower call overhead)
+KINDS = ("forward", "input_grad", "weight_grad")
+CHOICES = ("auto", "onednn", "mkl")
+SIZE_LIMITS = (1 << 20, 1 << 23, 1 << 26)  # size classes by multiply-adds: < 1M, < 8M, < 64M, larger
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+def size_class(macs: int) -> int:
+    return sum(macs >= limit for limit in SIZE_LIMITS)
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Which (kind, size class) products run on oneDNN; `name` says how it was chosen (for the logs and metrics)."""
+
+    name: str = "mkl"
+    onednn: frozenset = field(default_factory=frozenset)  # of (kind, size class)
+    min_macs: int = 0  # and at least this many multiply-adds
+
+    def uses_onednn(self, kind: str, macs: int) -> bool:
+        return macs >= self.min_macs and (kind, size_class(macs)) in self.onednn
+
+    def summary(self) -> dict:
+        return {"choice": self.name, "onednn": sorted(f"{k}/{c}" for k, c in self.onednn)}
+
+
+ALL_ONEDNN = frozenset((k, c) for k in KINDS for c in range(len(SIZE_LIMITS) + 1))
+_plan = KernelPlan()
+
+
+def current_plan() -> KernelPlan:
+    return _plan
+
+
+def set_plan(plan: KernelPlan) -> KernelPlan:
+    """Make plan the process's; returns the previous one (tests put it back)."""
+    global _plan
+    previous, _plan = _plan, plan
+    return previous
+
+
+def _op_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+_checked: bool | None = None
+
+
+def onednn_works() -> bool:
+    """Whether oneDNN's private inner product exists, takes the arguments used here and equals F.linear
+    (checked once per process)."""
+    global _checked
+    if _checked is None:
+        problem = None
+        if not _op_available():
+            problem = "this torch build has no torch.ops.mkldnn._linear_pointwise"
+        else:
+            try:
+                g = torch.Generator().manual_seed(0)
+                x, w, b = (torch.randn(*s, generator=g) for s in ((37, 48), (40, 48), (40,)))
+                got = _inner_product(x, w, b)
+                if got.shape != (37, 40) or not torch.allclose(got, F.linear(x, w, b), rtol=1e-4, atol=1e-4):
+                    problem = "its result differs from torch.nn.functional.linear"
+            except Exception as err:  # a changed signature of a private op
+                problem = f"it failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        if problem:
+            warnings.warn(f"oneDNN's inner product cannot be used ({problem}): matrix products stay on MKL",
+                          RuntimeWarning, stacklevel=2)
+        _checked = problem is None
+    return _checked
+
+
+def configure(choice: str, cache_capacity: int = 16, model: nn.Module | None = None, rows: tuple = (),
+              cache_dir=None) -> dict:
+    """Apply kernels.linear=auto|onednn|mkl for this process (the entry points call it before the model
+    runs) and return what was chosen, for the logs and the run's metrics. auto calibrates on the model's
+    product shapes at these row counts (see calibrate). Sets oneDNN's kernel cache capacities unless
+    the user set them."""
+    if choice not in CHOICES:
+        raise ValueError(f"kernels.linear={choice}: expected one of {', '.join(CHOICES)}")
+    if cache_capacity < 1:
+        raise ValueError(f"kernels.onednn_cache_capacity={cache_capacity}: expected 1 or more")
+    for variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(variable, str(cache_capacity))
+    if choice == "mkl":
+        set_plan(KernelPlan("mkl"))
+    elif not onednn_works():
+        set_plan(KernelPlan(f"mkl (oneDNN unusable; kernels.linear={choice})"))
+    elif choice == "onednn":
+        set_plan(KernelPlan("onednn", ALL_ONEDNN, MIN_MACS))
+    else:
+        if model is None or not rows:
+            raise ValueError("kernels.linear=auto needs the model and the row counts to time")
+        return calibrate(linear_shapes(model), list(rows), cache_dir)[1]
+    return _plan.summary()
+
+
+def _timed(function, repeats: int) -> float:
+    function()  # oneDNN compiles its kernel on the first call
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_shapes(shapes: list[tuple[int, int]], rows: list[int], repeats: int = 3) -> dict:
+    """Seconds of each product of x [r, inner] -> [r, columns] on both kernels: {"kind/class": [mkl, onednn]}."""
+    totals: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for inner, columns in sorted(set(shapes)):
+            for r in rows:
+                x, w, dy = torch.randn(r, inner), torch.randn(columns, inner), torch.randn(r, columns)
+                macs = r * inner * columns
+                pairs = {"forward": (lambda: x @ w.t(), lambda: _inner_product(x, w)),
+                         "input_grad": (lambda: dy @ w, lambda: _inner_product(dy, w.t())),
+                         "weight_grad": (lambda: dy.t() @ x, lambda: _weight_grad_onednn(dy, x))}
+                for kind, (mkl, onednn) in pairs.items():
+                    key = f"{kind}/{size_class(macs)}"
+                    got = totals.setdefault(key, [0.0, 0.0])
+                    got[0] += _timed(mkl, repeats)
+                    got[1] += _timed(onednn, repeats)
+    return totals
+
+
+def plan_from(totals: dict, name: str = "auto") -> KernelPlan:
+    """oneDNN for the classes where it measured faster; a class not measured follows the nearest measured
+    class of its kind (none: MKL)."""
+    chosen = set()
+    for kind in KINDS:
+        measured = {int(k.split("/")[1]): v for k, v in totals.items() if k.startswith(kind + "/")}
+        for c in range(len(SIZE_LIMITS) + 1):
+            if not measured:
+                break
+            nearest = min(measured, key=lambda m: (abs(m - c), m))
+            mkl, onednn = measured[nearest]
+            if onednn < mkl:
+                chosen.add((kind, c))
+    return KernelPlan(name, frozenset(chosen))
+
+
+def calibrate(shapes: list[tuple[int, int]], rows: list[int], cache_dir=None) -> tuple[KernelPlan, dict]:
+    """kernels.linear=auto: (the plan, a record for the logs and metrics) for a model's linear shapes
+    (inner, columns) at these row counts, measured once per host (seq2seq.host) and kept in cache_dir."""
+    from seq2seq.host import measured
+
+    start = time.perf_counter()
+    totals, cached = measured(cache_dir, "kernels", {"shapes": sorted(set(shapes)), "rows": rows},
+                              lambda: measure_shapes(shapes, rows, repeats=2))
+    seconds = time.perf_counter() - start
+    plan = plan_from(totals)
+    set_plan(plan)
+    mkl, onednn = sum(v[0] for v in totals.values()), sum(v[1] for v in totals.values())
+    record = {**plan.summary(), "cached": cached, "seconds": round(seconds, 3),
+              "onednn_over_mkl": round(mkl / max(onednn, 1e-12), 3),
+              "auto_over_mkl": round(mkl / max(sum(min(v) for v in totals.values()), 1e-12), 3)}
+    return plan, record
+
+
+def linear_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    """(inner, columns) of every product a model sends through this module (its Linear layers and
+    any module that declares `product_shapes`, as the output layers do)."""
+    shapes = []
+    for m in model.modules():
+        if isinstance(m, Linear):
+            shapes.append((m.in_features, m.out_features))
+        shapes.extend(getattr(m, "product_shapes", lambda: [])())
+    return shapes
 
 
 def _inner_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -42,14 +215,19 @@ def _inner_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None =
     return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b), bias, "none", [], "")
 
 
+def _weight_grad_onednn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, N]^T @ b [M, K] on oneDNN, the longer side as its "weight" operand (measured faster)."""
+    return _inner_product(b.t(), a.t()).t() if a.size(1) > b.size(1) else _inner_product(a.t(), b.t())
+
+
 def _dense(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
-def _use_onednn(macs: int, *tensors: torch.Tensor | None) -> bool:
+def _use_onednn(kind: str, macs: int, *tensors: torch.Tensor | None) -> bool:
     return (
-        _ONEDNN
-        and macs >= MIN_MACS
+        bool(_plan.onednn)
+        and _plan.uses_onednn(kind, macs)
         and torch._C._get_mkldnn_enabled()
         and all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
         and not torch.is_autocast_enabled("cpu")
@@ -58,24 +236,22 @@ def _use_onednn(macs: int, *tensors: torch.Tensor | None) -> bool:
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [M, K] @ b [N, K]^T -> [M, N] (features times a weight matrix)."""
-    if _use_onednn(a.size(0) * a.size(1) * b.size(0), a, b):
+    if _use_onednn("forward", a.size(0) * a.size(1) * b.size(0), a, b):
         return _inner_product(a, b)
     return a @ b.t()
 
 
 def mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [M, N] @ b [N, K] -> [M, K] (a gradient back through a weight matrix)."""
-    if _use_onednn(a.numel() * b.size(1), a, b):
+    if _use_onednn("input_grad", a.numel() * b.size(1), a, b):
         return _inner_product(a, b.t())
     return a @ b
 
 
 def mm_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [M, N]^T @ b [M, K] -> [N, K] (a weight gradient: the sum over rows of outer products)."""
-    n, k = a.size(1), b.size(1)
-    if _use_onednn(a.numel() * k, a, b):
-        # oneDNN is fastest with the longer side as the "weight" operand (measured both ways)
-        return _inner_product(b.t(), a.t()).t() if n > k else _inner_product(a.t(), b.t())
+    if _use_onednn("weight_grad", a.numel() * b.size(1), a, b):
+        return _weight_grad_onednn(a, b)
     return a.t() @ b
 
 
@@ -104,7 +280,7 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.linear (x [..., K], weight [N, K], bias [N]) on oneDNN where it is faster."""
-    if not _use_onednn(x.numel() * weight.size(0), x, weight, bias):
+    if not _use_onednn("forward", x.numel() * weight.size(0), x, weight, bias):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return _Linear.apply(x, weight, bias)

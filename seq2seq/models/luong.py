@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seq2seq.models.gemm import Linear
 from seq2seq.models.rnn_attention import grouped_softmax, masked_softmax
 
 SCORES = ("dot", "general", "concat")
@@ -31,11 +32,11 @@ class LuongScore(nn.Module):
             )
         self.score = score
         if score == "general":
-            self.key_proj = nn.Linear(key_dim, query_dim, bias=False)
+            self.key_proj = Linear(key_dim, query_dim, bias=False)
         elif score == "concat":
-            self.key_proj = nn.Linear(key_dim, query_dim, bias=False)
-            self.query_proj = nn.Linear(query_dim, query_dim)
-            self.v = nn.Linear(query_dim, 1, bias=False)
+            self.key_proj = Linear(key_dim, query_dim, bias=False)
+            self.query_proj = Linear(query_dim, query_dim)
+            self.v = Linear(query_dim, 1, bias=False)
 
     def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
         return keys if self.score == "dot" else self.key_proj(keys)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seq2seq.models.gemm import Linear
 from seq2seq.models.luong import LuongScore
 from seq2seq.models.rnn_attention import masked_softmax, source_lengths
 
@@ -42,8 +43,8 @@ class LocalAttention(nn.Module):
         self.sigma = window / 2.0
         self.scorer = LuongScore(score, query_dim, key_dim)
         if mode == "predictive":
-            self.position_proj = nn.Linear(query_dim, hidden_dim or query_dim, bias=False)  # W_p
-            self.position_v = nn.Linear(hidden_dim or query_dim, 1, bias=False)              # v_p
+            self.position_proj = Linear(query_dim, hidden_dim or query_dim, bias=False)  # W_p
+            self.position_v = Linear(hidden_dim or query_dim, 1, bias=False)              # v_p
         self.context_dim = key_dim
 
     def precompute(self, keys: torch.Tensor, padding_mask: torch.Tensor) -> tuple:

@@ -31,16 +31,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n, chunk):
                 h, t = features[start : start + chunk].to(dtype), target[start : start + chunk]
-                logits = mm_nt(h, w).float()
-                lse = torch.logsumexp(logits, dim=1)
-                target_logit = logits.gather(1, t[:, None])[:, 0]
-                chunk_nll = (lse - target_logit).sum()
-                smooth = (lse - logits.mean(dim=1)).sum()
+                # one fused log-softmax pass (logsumexp and a subtraction were three passes over the chunk)
+                logp = torch.log_softmax(mm_nt(h, w).float(), dim=1)
+                chunk_nll = -logp.gather(1, t[:, None]).sum()
+                smooth = -logp.mean(dim=1).sum()
                 nll += chunk_nll
                 loss += (1.0 - smoothing) * chunk_nll + smoothing * smooth
                 # d loss / d logits = softmax - (1 - eps) * onehot - eps / V
-                grad = logits.sub_(lse[:, None]).exp_()
-                grad.scatter_add_(1, t[:, None], torch.full_like(lse[:, None], -(1.0 - smoothing)))
+                grad = logp.exp_()
+                grad.scatter_add_(1, t[:, None], torch.full_like(grad[:, :1], -(1.0 - smoothing)))
                 if smoothing:
                     grad.sub_(smoothing / vocab)
                 grad = grad.to(dtype)
@@ -84,6 +83,10 @@ class OutputLayer(nn.Module):
             self.weight = nn.Parameter(torch.empty(sizes.vocab, sizes.features))
             nn.init.normal_(self.weight, std=sizes.features**-0.5)
         self.chunk = chunk
+
+    def product_shapes(self) -> list[tuple[int, int]]:
+        """(inner, columns) of its products, for kernels.linear=auto (seq2seq.models.gemm)."""
+        return [(self.weight.size(1), self.weight.size(0))]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores (logits) [..., V]."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seq2seq.models.gemm import Linear
 from seq2seq.models.attention import MultiHeadAttention
 from seq2seq.models.dropout import Dropout
 from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut, hypotheses_per_sentence, regroup
@@ -141,9 +142,9 @@ class Bridge(nn.Module):
             raise ValueError(f"model.decoder.bridge must be one of {', '.join(BRIDGES)}, not '{kind}'")
         self.kind, self.hidden_size, self.layers, self.lstm = kind, hidden_size, layers, lstm
         if kind != "zero":
-            self.h_proj = nn.Linear(encoder_dim, hidden_size)
+            self.h_proj = Linear(encoder_dim, hidden_size)
             if lstm:
-                self.c_proj = nn.Linear(encoder_dim, hidden_size)
+                self.c_proj = Linear(encoder_dim, hidden_size)
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
         return x if x.size(0) == self.layers else x[-1:].expand(self.layers, -1, -1)
@@ -248,8 +249,8 @@ class RNNDecoder(nn.Module):
         self.lstm = cell == "lstm"
         self.bridge = Bridge(bridge, encoder_dim, hidden_size, layers, cell == "lstm")
         combine_in = hidden_size + context + (embed_dim if self.previous else 0)
-        self.combine = nn.Linear(combine_in, hidden_size, bias=False)  # W_c (Luong) or W_o (Bahdanau)
-        self.out_proj = nn.Linear(hidden_size, embed_dim, bias=False) if hidden_size != embed_dim else nn.Identity()
+        self.combine = Linear(combine_in, hidden_size, bias=False)  # W_c (Luong) or W_o (Bahdanau)
+        self.out_proj = Linear(hidden_size, embed_dim, bias=False) if hidden_size != embed_dim else nn.Identity()
         self.output_dim, self.context_dim = embed_dim, context
         self.coverage = getattr(self.attention, "coverage", False)  # the attention reads c^t: track it in the state
         self.grouped_queries = getattr(self.attention, "grouped_queries", False)

@@ -31,11 +31,13 @@ from seq2seq.training.checkpoint import (average_checkpoints, check_positions_la
                                          load_model_state, save_checkpoint, step_checkpoints)
 from seq2seq.training.distributed import DistInfo
 from seq2seq.training.optim import OptimOptions, build_optimizer, build_schedule
+from seq2seq.training.progress import Budget
 
 log = logging.getLogger(__name__)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each
+# auto: bf16 where the model's step measured faster in it on this host (seq2seq.training.precision)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class TrainerOptions:
     average_last: int = 0
     resume: bool = False
     progress: bool = True
-    precision: str = "fp32"
+    precision: str = "auto"
     max_bad_steps: int = 5
 
     def __post_init__(self):
@@ -63,8 +65,8 @@ class TrainerOptions:
         if self.accum_steps < 1 or self.valid_every < 1 or self.log_every < 1 or self.max_bad_steps < 1:
             raise ValueError("trainer.accum_steps, trainer.valid_every, trainer.log_every and "
                              "trainer.max_bad_steps must be >= 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision={self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"trainer.precision={self.precision}: expected auto or one of {', '.join(PRECISIONS)}")
         if self.valid_metric not in VALID_METRICS:
             raise ValueError(f"trainer.valid_metric={self.valid_metric}: expected one of {', '.join(VALID_METRICS)}")
         if self.keep_last < 0:
@@ -112,7 +114,9 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, data: PreparedData, run_dir: Path, options: TrainerOptions, *,
                  optim: dict, schedule, batch_tokens: int, valid_batch_tokens: int,
                  generation: GenerationOptions, model_config: dict, seed: int, device: torch.device,
-                 dist: DistInfo = DistInfo()):
+                 dist: DistInfo = DistInfo(), host_cache: str | None = None, setup: dict | None = None):
+        """host_cache: where trainer.precision=auto keeps its measurement (seq2seq.host); setup: what the
+        entry point chose for this host (the kernels), written to the metrics with the precision."""
         self.model, self.data, self.run_dir, self.opts = model, data, Path(run_dir), options
         self.device, self.dist, self.seed = device, dist, seed
         self.batch_tokens, self.valid_batch_tokens = batch_tokens, valid_batch_tokens
@@ -128,11 +132,18 @@ class Trainer:
         self.valid_generation = GenerationOptions(**{
             **generation.__dict__, "strategy": "beam" if beam else "greedy", "beam_size": max(options.valid_beam_size, 1),
             "nbest": 1, "coverage_penalty": generation.coverage_penalty if beam else 0.0})
-        self.amp_dtype = PRECISIONS[options.precision]
-        if options.precision == "fp16" and device.type != "cuda":
+        self.train_src = [torch.as_tensor(s, dtype=torch.long) for s in data.train.src]
+        self.train_tgt = [torch.as_tensor(t, dtype=torch.long) for t in data.train.tgt]
+        self.src_lens = [len(s) + 1 for s in data.train.src]
+        self.tgt_lens = [len(t) + 1 for t in data.train.tgt]
+        self.seed = seed
+        self.precision, record = self._choose_precision(options.precision, host_cache, model_config)
+        self.setup = {**(setup or {}), "precision": record}
+        self.amp_dtype = PRECISIONS[self.precision]
+        if self.precision == "fp16" and device.type != "cuda":
             raise ValueError("trainer.precision=fp16 needs a CUDA device (its gradient scaling is CUDA-only); "
                              "use trainer.precision=bf16 on a CPU")
-        self.scaler = torch.amp.GradScaler("cuda") if options.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.ddp = None
         if dist.enabled:
             self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -141,6 +152,13 @@ class Trainer:
         # position: `epoch`, the epoch's batches consumed before the current shard plan began
         # (`epoch_start`, counted over all ranks) and the batches of this rank's plan done since
         self.step = self.epoch = self.epoch_start = self.batch_in_epoch = 0
+        # the schedules' step (seq2seq.training.progress): the step itself unless the clock runs ahead
+        self.budget = Budget(options.max_steps, options.max_minutes)
+        self.position = 0.0             # of the last update
+        self.update_position = 1.0      # of the update being made (learning rate, coverage switch)
+        self.next_validation = float(options.valid_every)
+        self.lr = 0.0                   # of the last update
+        self.step_seconds = 0.0         # how long the last update took
         self.bad_steps = 0
         self.best_score, self.bad_validations = None, 0  # best trainer.valid_metric so far
         self.elapsed_before = 0.0
@@ -148,11 +166,31 @@ class Trainer:
         self.stop_signal = None
         self.checkpoints = self.run_dir / "checkpoints"
         self.writer = None
-        train = data.train
-        self.src_lens = [len(s) + 1 for s in train.src]
-        self.tgt_lens = [len(t) + 1 for t in train.tgt]
-        self.train_src = [torch.as_tensor(s, dtype=torch.long) for s in train.src]
-        self.train_tgt = [torch.as_tensor(t, dtype=torch.long) for t in train.tgt]
+
+    def _choose_precision(self, requested: str, host_cache, model_config: dict) -> tuple[str, dict]:
+        """trainer.precision, with auto resolved by timing the model's step on a real batch of the
+        epoch's (the median-sized one of the first few; seq2seq.training.precision)."""
+        from seq2seq.training import precision
+
+        batches = []
+        if requested == "auto" and self.device.type != "cuda":
+            first = bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True, seed=self.seed,
+                                   epoch=0)[:5] if self.train_src else []
+            if first:
+                idx = sorted(first, key=len)[len(first) // 2]
+                batches = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx]).to(self.device)]
+        if requested == "auto" and self.device.type != "cuda" and not batches:
+            return "fp32", {"precision": "fp32", "chosen_by": "auto: no training batch to time"}
+        chosen = record = None
+        if self.dist.is_main or requested != "auto":  # rank 0 times; every rank takes its choice
+            chosen, record = precision.choose(requested, self.device,
+                                              lambda: precision.measure_step(self.model, batches, self.device),
+                                              host_cache, key={"model": model_config, "batch_tokens": self.batch_tokens})
+        chosen, record = distributed.broadcast_object((chosen, record), self.dist)
+        if requested == "auto":
+            log.info("trainer.precision=auto: %s (%s)", chosen, ", ".join(f"{k} {v}" for k, v in record.items()
+                                                                        if k != "precision"))
+        return chosen, record
 
     # ---------------------------------------------------------------- files
     def _metrics(self, row: dict) -> None:
@@ -192,7 +230,8 @@ class Trainer:
                          scaler=self.scaler.state_dict() if self.scaler else None,
                          global_batches_done=self._global_done(plan_length), world_size=self.dist.world_size,
                          bad_validations=self.bad_validations, elapsed=self._elapsed(),
-                         last_valid_seconds=self.last_valid_seconds, precision=self.opts.precision)
+                         last_valid_seconds=self.last_valid_seconds, precision=self.precision,
+                         position=self.position, step_seconds=self.step_seconds)
         return state
 
     def save(self, best: bool = False, plan_length: int = 0) -> None:
@@ -225,6 +264,10 @@ class Trainer:
             log.warning("the run chose best by %s, now by trainer.valid_metric=%s: the best score starts afresh",
                         state.get("valid_metric", "bleu"), self.opts.valid_metric)
         self.elapsed_before, self.last_valid_seconds = state["elapsed"], state["last_valid_seconds"]
+        self.position = float(state.get("position", self.step))  # older checkpoints: the step schedule
+        self.next_validation = self._validation_after(self.position)
+        self.step_seconds = float(state.get("step_seconds", 0.0))
+        self.lr = self.schedule(self.position) if self.step else 0.0
         self.epoch_start, self.batch_in_epoch = state["global_batches_done"], 0
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if state["world_size"] != self.dist.world_size and self.dist.is_main:
@@ -245,10 +288,29 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _final_reserve(self) -> float:
+        """Seconds kept at the end of trainer.max_minutes for the final validation (and, with
+        trainer.average_last, the average's), estimated from the last validation."""
+        return (2 if self.opts.average_last else 1) * self.last_valid_seconds
+
+    def _position_of(self, step: int) -> float:
+        """The schedules' step for update number `step`, starting now: the step, or further when the clock
+        runs ahead (both trainer.max_steps and trainer.max_minutes set; seq2seq.training.progress), read at
+        the time the update will end (now + the last update's duration), so that the last update of a run
+        that the clock stops is made at the schedule's end; never backwards."""
+        ends = self._elapsed() + self.step_seconds
+        return max(self.position, self.budget.position(step, ends, self._final_reserve()))
+
+    def _validation_after(self, position: float) -> float:
+        """The position of the first validation after `position` (every trainer.valid_every steps of it)."""
+        every = self.opts.valid_every
+        return (math.floor(position / every + 1e-9) + 1) * every
+
     def _coverage_phase(self) -> bool:
-        """From optimizer step optim.coverage_from_step on, a coverage attention reads the coverage vector
-        (before, its weight w_c stays 0 and the decoder runs faster without it: See et al. add it last)."""
-        return self.step + 1 >= self.coverage_from_step
+        """From optim.coverage_from_step on (a position: it moves with the clock like the learning rate),
+        a coverage attention reads the coverage vector (before, its weight w_c stays 0 and the decoder runs
+        faster without it: See et al. add it last)."""
+        return self.update_position >= self.coverage_from_step
 
     def _coverage_weight(self) -> float:
         """optim.coverage_loss from optimizer step optim.coverage_from_step on (coverage from the first
@@ -260,7 +322,10 @@ class Trainer:
         (False: skipped, non-finite)."""
         module = self.ddp or self.model
         ntokens = sum(b.ntokens for b in batches)
-        global_tokens = distributed.all_reduce_sum([float(ntokens)], self.dist)[0]
+        position = self._position_of(self.step + 1) if self.budget.adapts else float(self.step + 1)
+        # the ranks' mean position, the same on every rank: all switch coverage on and set one rate together
+        global_tokens, position_sum = distributed.all_reduce_sum([float(ntokens), position], self.dist)
+        self.update_position = max(self.position, position_sum / self.dist.world_size)
         scale = self.dist.world_size / global_tokens  # DDP averages gradients over ranks
         loss_sum = nll_sum = coverage_sum = 0.0
         for i, batch in enumerate(batches):
@@ -289,7 +354,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self._bad_step(problem)
             return StepStats(loss_sum, nll_sum, coverage_sum, int(global_tokens), False)
-        lr = self.schedule(self.step + 1)
+        lr = self.schedule(self.update_position)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.scaler is not None:
@@ -306,6 +371,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.position, self.lr = self.update_position, lr
         self.bad_steps = 0
         return StepStats(loss_sum, nll_sum, coverage_sum, int(global_tokens), True)
 
@@ -451,8 +517,7 @@ class Trainer:
         if o.max_steps and self.step >= o.max_steps:
             return f"reached trainer.max_steps={o.max_steps}"
         # room for the final validation (and, with trainer.average_last, the average's)
-        final_validations = 2 if o.average_last else 1
-        if o.max_minutes and self._elapsed() + final_validations * self.last_valid_seconds >= o.max_minutes * 60:
+        if o.max_minutes and self._elapsed() + self._final_reserve() >= o.max_minutes * 60:
             return f"reached trainer.max_minutes={o.max_minutes:g} (validation time included)"
         return None
 
@@ -479,6 +544,7 @@ class Trainer:
         if self.opts.resume:
             self.resume()
         self.started = time.time()
+        self._metrics({"step": self.step, "setup": self.setup})
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             return self._loop()
@@ -522,6 +588,7 @@ class Trainer:
                 stats = self._train_step(group)
                 updated = stats.updated
                 dt = time.time() - t0
+                self.step_seconds = dt
                 self.batch_in_epoch += len(group)
                 if updated:
                     window["loss"] += stats.loss
@@ -537,14 +604,17 @@ class Trainer:
                         row = {"step": self.step, "epoch": self.epoch, "loss": window["loss"] / window["tokens"],
                                "nll": window["nll"] / window["tokens"], "lr": self.optimizer.param_groups[0]["lr"],
                                "tokens_per_s": tps, "elapsed": self._elapsed()}
+                        if self.budget.adapts:
+                            row["position"] = self.position
                         if window["coverage"]:
                             row["coverage"] = window["coverage"] / window["tokens"]
                         self._metrics(row)
                         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:.0f}")
                         window = dict(empty_window)
                 reason = self._agreed_stop_reason()
-                if reason is None and updated and self.step % o.valid_every == 0:
+                if reason is None and updated and self.position >= self.next_validation - 1e-9:
                     validated_at = self.step
+                    self.next_validation = self._validation_after(self.position)
                     if self._validate_and_save(len(plan)):
                         reason = (f"no better validation {o.valid_metric} for {o.patience} validations "
                                   "(trainer.patience)")
@@ -567,6 +637,7 @@ class Trainer:
         tps = total_tokens / max(train_seconds, 1e-9)
         summary = {"step": self.step, "epoch": self.epoch, f"best_valid_{o.valid_metric}": self.best_score,
                    "train_tokens_per_s": tps, "elapsed": self._elapsed(), "stop_reason": reason,
+                   "final_lr": self.lr, "position": self.position, "setup": self.setup,
                    "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None}
         if averaging is not None:
             summary["averaging"] = averaging
