@@ -29,6 +29,7 @@ answers 401 to /v1/* requests without `Authorization: Bearer <token>`.
 """
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations (Request) at run time.
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import ipaddress
@@ -175,8 +176,9 @@ class Job:
 class Worker:
     """The one thread that decodes with a model: collects waiting jobs, groups them by options, decodes."""
 
-    def __init__(self, name: str, model, device, limits: Limits):
-        self.name, self.model, self.device, self.limits = name, model, device, limits
+    def __init__(self, name: str, model, device, limits: Limits, amp=None):
+        """amp: the autocast dtype of decoding (None: fp32; precision=auto chose it at start-up)."""
+        self.name, self.model, self.device, self.limits, self.amp = name, model, device, limits, amp
         self._pending: deque[Job] = deque()
         self._pending_inputs = 0
         self._cond = threading.Condition()
@@ -254,13 +256,16 @@ class Worker:
                             job.future.set_exception(err)
 
     def _decode(self, group: list[Job]) -> None:
+        import torch
+
         from seq2seq.generation.decoding import decode_ids
 
         src_ids = [ids for job in group for ids in job.src_ids]
         first = group[0]
         try:
-            results = decode_ids(self.model, src_ids, first.opts, batch_tokens=self.limits.max_batch_tokens,
-                                 device=self.device, need_attention=first.attention)
+            with torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
+                results = decode_ids(self.model, src_ids, first.opts, batch_tokens=self.limits.max_batch_tokens,
+                                     device=self.device, need_attention=first.attention)
         except Exception as err:  # noqa: BLE001 - every caller gets the error, the worker goes on
             log.exception("model %s: decoding %d inputs failed", self.name, len(src_ids))
             with self._cond:
@@ -350,7 +355,7 @@ class Server:
     @classmethod
     def from_runs(cls, runs: dict, *, generation: dict | None = None, overrides: list[str] | None = None,
                   checkpoint: str = "best", device: str = "cpu", auth_token: str | None = None,
-                  **limits) -> "Server":
+                  precision: str = "fp32", kernels: dict | None = None, **limits) -> "Server":
         """Load {name: run folder}. generation: the composed generation settings (default: beam.yaml's, with
         these keys changed); overrides: the command line's, which of them win over each run's saved settings
         (default: the keys of generation=...), as seq2seq.decode.generation_settings reads them."""
@@ -385,7 +390,8 @@ class Server:
                 if settings[key] > limits.max_beam_size:
                     raise ValueError(f"model {name}: generation.{key}={settings[key]} is more than "
                                      f"max_beam_size={limits.max_beam_size}; raise max_beam_size or lower it")
-            worker = Worker(name, model, dev, limits)
+            amp = _choose_paths(name, model, tokenizer, path, settings, dev, precision, kernels, limits)
+            worker = Worker(name, model, dev, limits, amp)
             served.append(ServedModel(name, run, model, tokenizer, path, settings,
                                       _summary(name, run, model, tokenizer, path, settings), worker))
             log.info("model %s: %s (%s)", name, path, ", ".join(f"{k}={v}" for k, v in settings.items()))
@@ -615,6 +621,33 @@ def _command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _choose_paths(name, model, tokenizer, path, settings, device, precision: str, kernels: dict | None, limits):
+    """kernels.linear (CPU) and the decoding precision of one served model: the autocast dtype or None.
+    precision=auto times 16 decodes of 20 random in-vocabulary pieces in fp32 and bf16 (no request is
+    known at start-up), once per host and checkpoint (seq2seq.training.precision)."""
+    import torch
+
+    from seq2seq.generation.search import GenerationOptions
+    from seq2seq.models import gemm
+    from seq2seq.training import precision as choosing
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={precision}: expected auto, fp32 or bf16")
+    kernels = kernels or {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}
+    if device.type == "cpu":
+        log.info("model %s: matrix products %s", name, gemm.configure(
+            kernels["linear"], kernels["onednn_cache_capacity"], model, rows=(256, 32), cache_dir=kernels["cache_dir"]))
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randint(4, max(tokenizer.src_vocab_size, 5), (16, 20), generator=g).tolist()
+    opts = GenerationOptions(**settings)
+    chosen, record = choosing.choose(
+        precision, device, lambda: choosing.measure_decoding(model, sample, opts, device, limits.max_batch_tokens),
+        kernels["cache_dir"], key={"checkpoint": str(Path(path).resolve()), "mtime": Path(path).stat().st_mtime,
+                                   "generation": settings, "what": "serve"}, what="serve precision")
+    log.info("model %s: precision %s (%s)", name, chosen, ", ".join(f"{k} {v}" for k, v in record.items()))
+    return torch.bfloat16 if chosen == "bf16" else None
+
+
 def serve(cfg: DictConfig) -> None:
     setup_logging()
     if not isinstance(cfg.port, int) or isinstance(cfg.port, bool) or not 0 <= cfg.port <= 65535:
@@ -630,7 +663,8 @@ def serve(cfg: DictConfig) -> None:
     limits = {f.name: cfg[f.name] for f in dataclasses.fields(Limits)}
     server = Server.from_runs(to_dict(cfg.models),
                               generation=to_dict(cfg.generation), overrides=_command_line_overrides(),
-                              checkpoint=cfg.checkpoint, device=cfg.device,
+                              checkpoint=cfg.checkpoint, device=cfg.device, precision=cfg.precision,
+                              kernels=to_dict(cfg.kernels),
                               auth_token=None if cfg.auth_token is None else str(cfg.auth_token), **limits)
     app = create_app(server)
     if not is_loopback(str(cfg.host)):
