@@ -19,6 +19,12 @@ from seq2seq.models.model import build_model
 from seq2seq.training.trainer import Trainer, TrainerOptions
 
 REPO = Path(__file__).resolve().parents[1]
+
+# In-process tests run the products on oneDNN where it works (what kernels.linear=onednn configures; a
+# process that configures nothing uses MKL), as the suite did before the kernel plan was configurable.
+from seq2seq.models import gemm  # noqa: E402
+
+gemm.configure("onednn")
 TOY_SYMBOLS = 10  # ids 4 .. 13
 
 
@@ -113,6 +119,8 @@ def tiny_train_overrides(root: Path, run_dir: Path, name: str = "toy", steps: in
         "model.attention.heads=2", "optim.lr=0.005", "lr_scheduler.warmup_steps=10",
         f"trainer.max_steps={steps}", "trainer.valid_every=20", "trainer.log_every=1", "trainer.progress=false",
         "threads=1", f"run_dir={run_dir}",
+        # fixed choices: two runs compared float for float (resume) must not measure their way to different ones
+        "kernels.linear=onednn", "trainer.precision=fp32",
     ]
 
 

@@ -148,7 +148,8 @@ def _decode(run, lines, tmp_path, name, **keys):
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     generation = {**vars(GenerationOptions(strategy="greedy")), "max_len_a": 0.0, "max_len_b": 12}
     decode(OmegaConf.create({
-        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "input_field": None,
+        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "input_field": None, "precision": "fp32",
+        "kernels": {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None},
         "output": str(tmp_path / name), "device": "cpu", "threads": 1, "batch_tokens": 500, "attention": None,
         "attention_max_sentences": 0, "generation": generation, **keys}))
     return (tmp_path / name).read_text().splitlines()

@@ -496,7 +496,8 @@ def test_decode_writes_heatmaps_weights_and_alignments(tmp_path):
     generation = yaml.safe_load((CONF / "generation" / "beam.yaml").read_text())
     generation.update(beam_size=2, print_alignment=True, max_len_b=5)
     decode(OmegaConf.create({
-        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "input_field": None, "output": str(tmp_path / "out.txt"),
+        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "input_field": None, "precision": "fp32",
+        "kernels": {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}, "output": str(tmp_path / "out.txt"),
         "device": "cpu", "threads": 1, "batch_tokens": 100, "attention": str(tmp_path / "attn"),
         "attention_max_sentences": 2, "generation": generation,
     }))

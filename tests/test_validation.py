@@ -50,7 +50,7 @@ def test_copy_share_is_logged_and_coverage_switches_on_at_its_step(corpus, tmp_p
                            optim={"coverage_loss": 2.0, "coverage_from_step": 3})
     weights = []
     for done in range(4):  # updates done so far; the next one is number done + 1
-        trainer.step = done
+        trainer.step, trainer.update_position = done, float(done + 1)  # steps bind: the position is the step
         weights.append(trainer._coverage_weight())
     assert weights == [0.0, 0.0, 2.0, 2.0]  # updates 3 and 4 carry the coverage loss
     trainer.step = 0
