@@ -130,7 +130,14 @@ def tiny_train_overrides(root: Path, run_dir: Path, name: str = "toy", steps: in
 
 
 def run_cli(module: str, *args: str, stdin: bytes | None = None, cwd: Path | None = None, check: bool = True):
-    """Run `python -m seq2seq.<module> args...` and return the CompletedProcess (text stdout/stderr)."""
+    """Run `python -m seq2seq.<module> args...` and return the CompletedProcess (text stdout/stderr).
+
+    seq2seq-decode gets precision=fp32 and kernels.linear=onednn unless the test names them: precision=auto
+    and kernels.linear=auto are chosen by timing on the host, and the CLI tests compare outputs float for float
+    (alone vs batched, decode vs serve), which must not depend on what a host measured."""
+    if module == "decode" and "--help" not in args:
+        named = {a.split("=", 1)[0] for a in args}
+        args = (*args, *(f"{k}={v}" for k, v in (("precision", "fp32"), ("kernels.linear", "onednn")) if k not in named))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("SEQ2SEQ_DATA", None)
     proc = subprocess.run([sys.executable, "-m", f"seq2seq.{module}", *args], input=stdin, capture_output=True,
