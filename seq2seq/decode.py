@@ -163,8 +163,9 @@ def decode(cfg: DictConfig) -> int:
     need_attention = bool(cfg.attention) or opts.print_alignment
     backend, compute_type = cfg.get("backend", "torch"), cfg.get("compute_type", "default")
     model, amp = None, None
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision={cfg.precision}: expected auto, fp32 or bf16")
+    from seq2seq.training import precision
+
+    precision.check_decoding(cfg.precision)
     if backend == "ctranslate2":  # the checkpoint exported once into <run>/exports/ (seq2seq.export)
         from seq2seq.data.tokenizer import Tokenizer
         from seq2seq.export import TOKENIZER_FOLDER, check_ctranslate2_options, ctranslate2_cache
@@ -179,7 +180,10 @@ def decode(cfg: DictConfig) -> int:
         model, tokenizer, path = load_run(cfg.run, cfg.checkpoint, device)
         if need_attention:
             model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
-        amp = _choose_host_paths(cfg, model, tokenizer, path, first, opts, settings, device)
+        amp = precision.decoding_paths(
+            model, tokenizer.encode_src([d for d in first if d.strip()][:32]), opts, device,
+            requested=cfg.precision, kernels=to_dict(cfg.kernels), batch_tokens=cfg.batch_tokens, checkpoint=path,
+            settings=settings, what="decode precision")
     else:
         raise ValueError(f"backend={backend}: choose torch or ctranslate2")
     log.info("decoding %s with %s (%s)", cfg.input, path,
@@ -210,29 +214,6 @@ def decode(cfg: DictConfig) -> int:
         log.info("wrote attention of %d sentences to %s", written, cfg.attention)
     log.info("decoded %d lines in %.1fs (%.1f sentences/s)", done, seconds, done / max(seconds, 1e-9))
     return done
-
-
-def _choose_host_paths(cfg, model, tokenizer, path, first: list, opts, settings: dict, device):
-    """kernels.linear and precision for backend=torch on this host: the autocast dtype (None: fp32)."""
-    import torch
-
-    from seq2seq.models import gemm
-    from seq2seq.training import precision
-
-    if device.type == "cpu":
-        kernels = gemm.configure(cfg.kernels.linear, cfg.kernels.onednn_cache_capacity, model,
-                                 rows=(min(cfg.batch_tokens, 256), 32), cache_dir=cfg.kernels.cache_dir)
-        log.info("matrix products (kernels.linear=%s): %s", cfg.kernels.linear, kernels)
-    sample = tokenizer.encode_src([d for d in first if d.strip()][:32])
-    if cfg.precision == "auto" and not sample:
-        return None
-    chosen, record = precision.choose(
-        cfg.precision, device, lambda: precision.measure_decoding(model, sample, opts, device, cfg.batch_tokens),
-        cfg.kernels.cache_dir, key={"checkpoint": str(Path(path).resolve()), "mtime": Path(path).stat().st_mtime,
-                                    "generation": settings}, what="decode precision")
-    if cfg.precision == "auto":
-        log.info("precision=auto: %s (%s)", chosen, ", ".join(f"{k} {v}" for k, v in record.items() if k != "precision"))
-    return torch.bfloat16 if chosen == "bf16" else None
 
 
 def _decode_chunk(backend, model, path, src_ids, opts, cfg, device, compute_type: str, need_attention: bool, bar,

@@ -390,7 +390,7 @@ class Server:
                 if settings[key] > limits.max_beam_size:
                     raise ValueError(f"model {name}: generation.{key}={settings[key]} is more than "
                                      f"max_beam_size={limits.max_beam_size}; raise max_beam_size or lower it")
-            amp = _choose_paths(name, model, tokenizer, path, settings, dev, precision, kernels, limits)
+            amp = _decoding_paths(name, model, tokenizer, path, settings, dev, precision, kernels, limits)
             worker = Worker(name, model, dev, limits, amp)
             served.append(ServedModel(name, run, model, tokenizer, path, settings,
                                       _summary(name, run, model, tokenizer, path, settings), worker))
@@ -621,31 +621,20 @@ def _command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _choose_paths(name, model, tokenizer, path, settings, device, precision: str, kernels: dict | None, limits):
-    """kernels.linear (CPU) and the decoding precision of one served model: the autocast dtype or None.
-    precision=auto times 16 decodes of 20 random in-vocabulary pieces in fp32 and bf16 (no request is
-    known at start-up), once per host and checkpoint (seq2seq.training.precision)."""
+def _decoding_paths(name, model, tokenizer, path, settings, device, precision: str, kernels: dict | None, limits):
+    """The served model's kernels and autocast dtype (None: fp32): no request is known at start-up, so
+    precision=auto times 16 decodes of 20 random in-vocabulary pieces."""
     import torch
 
     from seq2seq.generation.search import GenerationOptions
-    from seq2seq.models import gemm
     from seq2seq.training import precision as choosing
 
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision={precision}: expected auto, fp32 or bf16")
-    kernels = kernels or {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}
-    if device.type == "cpu":
-        log.info("model %s: matrix products %s", name, gemm.configure(
-            kernels["linear"], kernels["onednn_cache_capacity"], model, rows=(256, 32), cache_dir=kernels["cache_dir"]))
     g = torch.Generator().manual_seed(0)
     sample = torch.randint(4, max(tokenizer.src_vocab_size, 5), (16, 20), generator=g).tolist()
-    opts = GenerationOptions(**settings)
-    chosen, record = choosing.choose(
-        precision, device, lambda: choosing.measure_decoding(model, sample, opts, device, limits.max_batch_tokens),
-        kernels["cache_dir"], key={"checkpoint": str(Path(path).resolve()), "mtime": Path(path).stat().st_mtime,
-                                   "generation": settings, "what": "serve"}, what="serve precision")
-    log.info("model %s: precision %s (%s)", name, chosen, ", ".join(f"{k} {v}" for k, v in record.items()))
-    return torch.bfloat16 if chosen == "bf16" else None
+    return choosing.decoding_paths(
+        model, sample, GenerationOptions(**settings), device, requested=precision,
+        kernels=kernels or {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None},
+        batch_tokens=limits.max_batch_tokens, checkpoint=path, settings=settings, what=f"model {name}: precision")
 
 
 def serve(cfg: DictConfig) -> None:

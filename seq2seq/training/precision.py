@@ -115,3 +115,36 @@ def choose(requested: str, device: torch.device, measure: Callable[[], dict], ca
     chosen = "bf16" if speedup >= 1.0 / (1.0 - MARGIN) else "fp32"
     return chosen, {"precision": chosen, "chosen_by": "auto: measured", "bf16_speedup": round(speedup, 3),
                     "cached": cached, "seconds": round(time.perf_counter() - start, 2)}
+
+
+DECODING_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_decoding(requested: str) -> None:
+    if requested not in DECODING_PRECISIONS:
+        raise ValueError(f"precision={requested}: expected auto, fp32 or bf16")
+
+
+def decoding_paths(model, sample: list, options, device: torch.device, *, requested: str, kernels: dict,
+                   batch_tokens: int, checkpoint, settings: dict, what: str):
+    """The host's paths for decoding one checkpoint (seq2seq-decode, seq2seq-serve): on a CPU kernels.linear
+    (kernels: linear, onednn_cache_capacity, cache_dir), then the autocast dtype (None: fp32). precision=auto
+    times decoding `sample` (source id lists) in fp32 and bf16, once per host, checkpoint and settings."""
+    from pathlib import Path
+
+    from seq2seq.models import gemm
+
+    check_decoding(requested)
+    if device.type == "cpu":
+        plan = gemm.configure(kernels["linear"], kernels["onednn_cache_capacity"], model,
+                              rows=(min(batch_tokens, 256), 32), cache_dir=kernels["cache_dir"])
+        log.info("%s: matrix products (kernels.linear=%s): %s", what, kernels["linear"], plan)
+    if requested == "auto" and not sample:
+        return None
+    checkpoint = Path(checkpoint)
+    chosen, record = choose(
+        requested, device, lambda: measure_decoding(model, sample, options, device, batch_tokens),
+        kernels["cache_dir"], key={"checkpoint": str(checkpoint.resolve()), "mtime": checkpoint.stat().st_mtime,
+                                   "generation": settings}, what=what)
+    log.info("%s: %s (%s)", what, chosen, ", ".join(f"{k} {v}" for k, v in record.items() if k != "precision"))
+    return torch.bfloat16 if chosen == "bf16" else None
