@@ -69,10 +69,9 @@ def luong_run(args) -> Path:
 
 def main() -> None:
     from seq2seq.data.corpus import read_documents
-    from seq2seq.decode import load_run
-    from seq2seq.export import saved_generation
+    from seq2seq.runs import RunFolder
     from seq2seq.generation.decoding import decode_ids
-    from seq2seq.generation.search import GenerationOptions
+    from seq2seq.generation.options import GenerationOptions
     from seq2seq.metrics import bleu, rouge
 
     args = arguments()
@@ -92,8 +91,9 @@ def main() -> None:
     for name, run, sources, refs, metric in tasks:
         if args.sentences:
             sources, refs = sources[: args.sentences], refs[: args.sentences]
-        model, tokenizer, path = load_run(run, args.checkpoint)
-        saved = saved_generation(run) or GenerationOptions()
+        folder_of_run = RunFolder(run)
+        model, tokenizer, path = folder_of_run.load(args.checkpoint)
+        saved = folder_of_run.generation_options() or GenerationOptions()
         beam = dataclasses.replace(saved, strategy="beam", nbest=1)
         greedy = dataclasses.replace(saved, strategy="greedy", beam_size=1, nbest=1, coverage_penalty=0.0)
         src_ids = tokenizer.encode_src(sources)

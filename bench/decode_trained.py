@@ -89,8 +89,8 @@ def huggingface_decoder(model, opts_beam, opts_greedy, batch_tokens: int):
     """Functions ids -> output ids with HF generate on the exported weights (same length limits per batch)."""
     from seq2seq.data.batching import pad_source
     from seq2seq.data.tokenizer import EOS, PAD
-    from seq2seq.export import huggingface_generation_config, huggingface_model
-    from seq2seq.generation.search import length_bounds
+    from seq2seq.export.huggingface import huggingface_generation_config, huggingface_model
+    from seq2seq.generation.options import length_bounds
 
     hf = huggingface_model(model)
 
@@ -117,17 +117,18 @@ def main() -> None:
 
     import sacrebleu
 
-    from seq2seq.decode import load_run
-    from seq2seq.export import ctranslate2_cache, decode_ctranslate2, saved_generation
+    from seq2seq.backends.ctranslate2 import CTranslate2Backend, exported_folder
+    from seq2seq.runs import RunFolder
     from seq2seq.generation.decoding import decode_ids
-    from seq2seq.generation.search import GenerationOptions
+    from seq2seq.generation.options import GenerationOptions
 
     args = arguments()
     torch.set_num_threads(args.threads)
     folder = data_dir()
     run = trained_run(args)
-    model, tokenizer, path = load_run(run, args.checkpoint)
-    saved = saved_generation(run) or GenerationOptions()  # the run's length limits and penalty
+    folder_of_run = RunFolder(run)
+    model, tokenizer, path = folder_of_run.load(args.checkpoint)
+    saved = folder_of_run.generation_options() or GenerationOptions()  # the run's length limits and penalty
     beam = dataclasses.replace(saved, strategy="beam", beam_size=5, nbest=1)
     greedy = dataclasses.replace(beam, strategy="greedy", beam_size=1)
     sources = (folder / f"{args.split}.en").read_text(encoding="utf-8").splitlines()
@@ -135,17 +136,17 @@ def main() -> None:
     if args.sentences:
         sources, refs = sources[: args.sentences], refs[: args.sentences]
     src_ids = tokenizer.encode_src(sources)
-    ct2 = ctranslate2_cache(run, args.checkpoint)
+    ct2 = exported_folder(folder_of_run, args.checkpoint)
     device = torch.device("cpu")
 
     def ours(opts):
         return lambda: [h[0].tokens for h in decode_ids(model, src_ids, opts, batch_tokens=args.batch_tokens,
                                                          device=device)]
 
-    def ctranslate2(opts, compute_type):
-        return lambda: [h[0].tokens for h in decode_ctranslate2(ct2, src_ids, opts, device=device,
-                                                                  compute_type=compute_type, threads=args.threads,
-                                                                  batch_tokens=args.batch_tokens)]
+    def ctranslate2(opts, compute_type):  # the translator is loaded once, outside the timed rounds
+        backend = CTranslate2Backend.from_folder(ct2, device=device, compute_type=compute_type, threads=args.threads,
+                                                 batch_tokens=args.batch_tokens)
+        return lambda: [h[0].tokens for h in backend.decode(src_ids, opts)]
 
     hf_beam, hf_greedy = huggingface_decoder(model, beam, greedy, args.batch_tokens)
     systems = {  # name: (search it is compared with, function)

@@ -29,7 +29,8 @@ from seq2seq.data.batching import bucket_batches, collate, pad_source
 from seq2seq.data.corpus import read_lines
 from seq2seq.data.prepare import prepare_data
 from seq2seq.data.tokenizer import BOS, EOS, PAD
-from seq2seq.generation.search import GenerationOptions, generate
+from seq2seq.generation.options import GenerationOptions
+from seq2seq.generation.search import generate
 from seq2seq.models import gemm
 from seq2seq.models.model import build_model
 

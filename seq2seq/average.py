@@ -9,28 +9,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from seq2seq.cli import Command
-from seq2seq.config import config_dir, setup_logging
+from seq2seq.config import setup_logging
+from seq2seq.training.checkpoint import average_checkpoints, last_step_checkpoints, save_checkpoint
+
+__all__ = ["average", "average_checkpoints", "last_step_checkpoints"]
 
 log = logging.getLogger("seq2seq.average")
 
 
-def __getattr__(name: str):
-    """average_checkpoints and last_step_checkpoints live in seq2seq.training.checkpoint (shared with
-    training's trainer.average_last); imported on first use, so that `--help` needs no torch."""
-    if name in ("average_checkpoints", "last_step_checkpoints"):
-        from seq2seq.training import checkpoint
-
-        return getattr(checkpoint, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def average(cfg: DictConfig) -> Path:
-    from seq2seq.training.checkpoint import average_checkpoints, last_step_checkpoints, save_checkpoint
-
     setup_logging()
     paths = last_step_checkpoints(cfg.run, cfg.last)
     output = Path(cfg.output) if cfg.output else Path(cfg.run) / "checkpoints" / f"average_last{cfg.last}.pt"
@@ -39,18 +28,7 @@ def average(cfg: DictConfig) -> Path:
     return output
 
 
-COMMAND = Command("average")  # one-line error reports and exit codes: seq2seq.cli
+if __name__ == "__main__":  # python -m seq2seq.average: the seq2seq-average command
+    from seq2seq.cli.average import main
 
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="average")
-@COMMAND.task
-def _hydra_main(cfg: DictConfig) -> None:
-    average(cfg)
-
-
-def main() -> None:
-    COMMAND.run(_hydra_main)
-
-
-if __name__ == "__main__":
     main()

@@ -7,7 +7,6 @@ values to constructors, and nothing below them reads global config.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -52,20 +51,3 @@ def setup_logging(rank: int = 0) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def set_threads(threads: int) -> None:
-    import torch
-
-    if threads and threads > 0:
-        torch.set_num_threads(threads)
-    elif os.environ.get("OMP_NUM_THREADS") is None:
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

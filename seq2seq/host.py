@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Callable
@@ -70,3 +71,18 @@ def measured(cache_dir: str | Path | None, what: str, key: dict, measure: Callab
         except OSError as err:  # a read-only cache folder costs a measurement next time, nothing else
             log.warning("could not keep the %s measurement in %s: %s", what, path, err)
     return result, False
+
+
+def resolve_device(name: str) -> torch.device:
+    """`device`: auto (CUDA where there is one, else the CPU) or a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """`threads`: torch's CPU threads; 0 = every core this process may use (unless OMP_NUM_THREADS says)."""
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
+    elif os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

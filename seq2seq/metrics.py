@@ -6,7 +6,11 @@ split_summaries=False), so a one-line summary has rougeLsum == rougeL.
 """
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import numpy as np
+from rouge_score import rouge_scorer, scoring
+from sacrebleu.metrics import BLEU, CHRF, TER
 
 KNOWN = ("bleu", "chrf", "ter", "rouge")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -22,8 +26,6 @@ def _check_pairs(hyps: list[str], refs: list[str]) -> None:
 
 
 def bleu(hyps: list[str], refs: list[str], tokenize: str = "13a", lowercase: bool = False) -> float:
-    from sacrebleu.metrics import BLEU
-
     return BLEU(tokenize=tokenize, lowercase=lowercase).corpus_score(hyps, [refs]).score
 
 
@@ -31,8 +33,6 @@ def bleu(hyps: list[str], refs: list[str], tokenize: str = "13a", lowercase: boo
 def rouge_example_scores(hyps: list[str], refs: list[str], types=ROUGE_TYPES) -> list[dict]:
     """rouge-score's {type: Score(precision, recall, fmeasure)} of each (hypothesis, reference) pair: the one
     scoring path behind both the plain mean and the bootstrap."""
-    from rouge_score import rouge_scorer
-
     _check_pairs(hyps, refs)
     scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
     return [scorer.score(ref, hyp) for hyp, ref in zip(hyps, refs)]
@@ -53,8 +53,6 @@ def _seeded_aggregator(confidence: float, samples: int, seed: int):
     percentiles of the resampled means as rouge-score's; mid is the plain mean, as its docstring says
     (its code takes the median of the resampled means, which is the mean only up to resampling noise).
     """
-    from rouge_score import scoring
-
     class SeededBootstrapAggregator(scoring.BootstrapAggregator):
         def _bootstrap_resample(self, matrix):
             rng = np.random.default_rng(seed)
@@ -79,8 +77,6 @@ def rouge_bootstrap(hyps: list[str], refs: list[str], types=ROUGE_TYPES, confide
 
 def _rouge_report(hyps: list[str], refs: list[str], confidence: float = 0.95, samples: int = 1000,
                   seed: int = 0) -> dict:
-    from importlib.metadata import version
-
     scores = rouge_bootstrap(hyps, refs, confidence=confidence, samples=samples, seed=seed)
     percent = f"{100 * confidence:g}%"
     text = "\n".join(f"{ROUGE_LABELS[t]} = {s['mid']:.2f} ({percent} CI {s['low']:.2f}-{s['high']:.2f})"
@@ -100,8 +96,6 @@ def score(hyps: list[str], refs: list[str], metrics=("bleu", "chrf", "ter"), tok
     unknown = [m for m in metrics if m not in KNOWN]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(KNOWN)}")
-    from sacrebleu.metrics import BLEU, CHRF, TER
-
     out = {}
     for name in metrics:
         if name == "rouge":
@@ -137,7 +131,5 @@ def validation_score(metric: str, hyps: list[str], refs: list[str]) -> float:
     if metric == "bleu":
         return bleu(hyps, refs)
     if metric == "chrf":
-        from sacrebleu.metrics import CHRF
-
         return CHRF().corpus_score(hyps, [refs]).score
     return rouge(hyps, refs, (metric,))[metric]

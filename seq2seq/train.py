@@ -1,5 +1,6 @@
-"""`seq2seq-train recipe=<name> [key=value ...]`: train a model into a run folder.
+"""`seq2seq-train recipe=<name> [key=value ...]`: train a model into a run folder (the command: seq2seq.cli.train).
 
+The data path: config -> prepare_data (the tokenizer and the cached splits) -> build_model -> Trainer.fit.
 Also `python -m seq2seq.train`, which is how torchrun launches it
 (`torchrun --nproc_per_node=N -m seq2seq.train recipe=...`; see docs/distributed.md).
 A run stopped by SIGTERM or SIGINT saves a checkpoint and exits with 128 + the signal's number; errors
@@ -9,33 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import signal
-import sys
-import tempfile
+import random
 from pathlib import Path
 
-import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.cli import Command
-from seq2seq.config import check_keys, config_dir, options_from, resolve_device, set_threads, setup_logging, to_dict
+from seq2seq import host
+from seq2seq.config import check_keys, options_from, setup_logging, to_dict
+from seq2seq.data.prepare import filter_training_pairs, prepare_data
+from seq2seq.generation.options import GenerationOptions
+from seq2seq.host import resolve_device, set_threads
+from seq2seq.models import gemm
+from seq2seq.models.model import build_model
+from seq2seq.training import distributed
+from seq2seq.training.optim import build_schedule
+from seq2seq.training.trainer import Trainer, TrainerOptions
 
 log = logging.getLogger("seq2seq.train")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    import random
-
-    import torch
-
-    from seq2seq import host
-    from seq2seq.data.prepare import filter_training_pairs, prepare_data
-    from seq2seq.generation.search import GenerationOptions
-    from seq2seq.models.model import build_model
-    from seq2seq.training import distributed
-    from seq2seq.training.trainer import Trainer, TrainerOptions
-
     check_keys("dist", to_dict(cfg.dist), ("backend", "timeout_minutes", "main_wait_minutes"))
     check_keys("kernels", to_dict(cfg.kernels), ("linear", "onednn_cache_capacity", "cache_dir"))
     dist = distributed.from_environment()
@@ -51,16 +46,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     generation = options_from(GenerationOptions, "generation", to_dict(cfg.generation))
     schedule = _schedule(cfg)
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        log.info("run folder: %s", run_dir)
-        if dist.enabled:
-            log.info("distributed data parallel: %d processes, %s backend", dist.world_size,
-                     distributed.resolve_backend(cfg.dist.backend, device))
-
+        _open_run_folder(cfg, run_dir, dist, device)
     data_cfg = to_dict(cfg.data)
     if dist.is_main:  # rank 0 fills the cache; the others then read it
         data = prepare_data(data_cfg, to_dict(cfg.tokenizer), seed=cfg.seed)
@@ -70,7 +56,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     _check_same_tokenizer(data.tokenizer, dist)
     data.train = filter_training_pairs(data.train, min(data_cfg["max_src_len"], cfg.model.max_positions),
                                        min(data_cfg["max_tgt_len"], cfg.model.max_positions),
-                                       data_cfg.get("long_pairs", "drop"))
+                                       data_cfg["long_pairs"])
     if dist.is_main:
         data.tokenizer = data.tokenizer.save(run_dir / "tokenizer")
 
@@ -98,12 +84,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
+def _open_run_folder(cfg: DictConfig, run_dir: Path, dist, device) -> None:
+    """Rank 0: the run folder with its train.log (a copy of the log) and config.yaml (the composed config)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    log.info("run folder: %s", run_dir)
+    if dist.enabled:
+        log.info("distributed data parallel: %d processes, %s backend", dist.world_size,
+                 distributed.resolve_backend(cfg.dist.backend, device))
+
+
 def configure_kernels(kernels, model, device, batch_tokens: int, dist=None) -> dict:
     """kernels.linear for this process (seq2seq.models.gemm): on a CPU, auto times the model's product shapes
     at a training chunk (up to 256 rows) and a decoding step's size (32 rows); every rank takes rank 0's plan."""
-    from seq2seq.models import gemm
-    from seq2seq.training import distributed
-
     if device.type != "cpu":
         return {"choice": f"torch ({device.type})"}
     main = dist is None or dist.is_main
@@ -119,15 +115,11 @@ def configure_kernels(kernels, model, device, batch_tokens: int, dist=None) -> d
 def _schedule(cfg):
     """The learning-rate schedule of the lr_scheduler group, built (unknown keys and impossible values
     refused) before the data and the model."""
-    from seq2seq.training.optim import build_schedule
-
     return build_schedule(cfg.optim.lr, to_dict(cfg.lr_scheduler))
 
 
 def _check_same_tokenizer(tokenizer, dist) -> None:
     """Every rank must encode with rank 0's vocabulary (a node without the shared cache would train its own)."""
-    from seq2seq.training import distributed
-
     if not dist.enabled:
         return
     digest = hashlib.sha1()
@@ -139,29 +131,7 @@ def _check_same_tokenizer(tokenizer, dist) -> None:
                            "tokenizer than rank 0: put data.cache_dir on storage that every node shares")
 
 
-COMMAND = Command("train")  # one-line error reports and exit codes: seq2seq.cli
+if __name__ == "__main__":  # python -m seq2seq.train: the seq2seq-train command
+    from seq2seq.cli.train import main
 
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-@COMMAND.task
-def _hydra_main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    if summary.get("signal"):
-        sys.exit(128 + signal.Signals[summary["signal"]].value)
-
-
-def main() -> None:
-    """Ranks other than 0 point their Hydra folder at one shared, always empty scratch folder
-    (output_subdir=null, no log files), so that a torchrun run makes a single run folder: rank
-    0's, which train() hands to every rank. Nothing is left behind even when a rank is killed."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        scratch = Path(tempfile.gettempdir()) / f"seq2seq-hydra-scratch-{os.getuid()}"
-        sys.argv = [a for a in sys.argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
-    COMMAND.run(_hydra_main)
-
-
-if __name__ == "__main__":
     main()

@@ -30,10 +30,10 @@ def heatmap_size(src_pieces: list[str], tgt_pieces: list[str]) -> tuple[int, int
 def plot_attention(weights, src_pieces: list[str], tgt_pieces: list[str], path: str | Path,
                    title: str | None = None) -> Path:
     """Write a PNG heatmap of weights [len(tgt_pieces), len(src_pieces)]: target rows, source columns."""
-    import matplotlib
+    import matplotlib  # lazy: a second of start-up, only for heatmaps
 
     matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: after matplotlib.use
 
     weights = torch.as_tensor(weights, dtype=torch.float).cpu()
     if tuple(weights.shape) != (len(tgt_pieces), len(src_pieces)):

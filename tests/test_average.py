@@ -10,17 +10,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import make_trainer, run_cli, tiny_train_overrides
+from helpers.commands import run_cli, weights
+from helpers.corpora import tiny_train_overrides
+from helpers.training import make_trainer
 from seq2seq.training.checkpoint import load_checkpoint
 from seq2seq.training.trainer import TrainerOptions
 
 
 def rows(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(path) -> dict:
-    return load_checkpoint(path)["model"]
 
 
 def scripted_validation(trainer, metric: str, scores: list[float]) -> list[int]:

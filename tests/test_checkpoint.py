@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import transformer_config
+from helpers.models import transformer_config
 from seq2seq.models.model import build_model
 from seq2seq.training.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 
@@ -28,11 +28,16 @@ def test_round_trip_and_no_temporary_files_left(tmp_path):
         assert torch.equal(a, b)
 
 
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot be pickled")
+
+
 def test_failed_write_keeps_the_old_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"step": 1}, path)
-    with pytest.raises(Exception):
-        save_checkpoint({"step": 2, "bad": lambda: 0}, path)  # lambdas cannot be pickled
+    with pytest.raises(RuntimeError, match="cannot be pickled"):
+        save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import losses, run_cli, tiny_train_overrides, toy_corpus_lines, write_corpus
+from helpers.commands import losses, run_cli
+from helpers.corpora import tiny_train_overrides, toy_corpus_lines, write_corpus
 
 
 def test_train_writes_a_complete_run_folder(trained_run):
@@ -81,6 +82,13 @@ def test_unknown_key_help_and_cfg_job():
     assert "multi30k_en_de_transformer" in recipes and "multi30k_en_de_lstm_bahdanau" in recipes
     job = run_cli("train", "recipe=multi30k_en_de_transformer", "model.encoder.layers=5", "--cfg", "job")
     assert "layers: 5" in job.stdout
+
+
+def test_decode_help_shows_its_own_keys():
+    helped = run_cli("decode", "--help").stdout
+    assert helped.startswith("seq2seq-decode: decode a file or stdin with a trained run")
+    assert "generation: beam, greedy, sampling" in helped and "\nrun: ???" in helped and "chunk_lines:" in helped
+    assert "recipe:" not in helped and "lr_scheduler" not in helped and "optim" not in helped
 
 
 def test_training_refuses_mismatched_corpus(tmp_path):
@@ -205,9 +213,9 @@ def test_hydra_full_error_shows_the_traceback(tmp_path, monkeypatch):
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    bug = ("import sys, seq2seq.score as s\n"
+    bug = ("import sys, seq2seq.score as s, seq2seq.cli.score as command\n"
            "def score_files(cfg):\n    raise TypeError('a bug')\n"
-           "s.score_files = score_files\nsys.argv = ['seq2seq-score', 'hyp=x', 'ref=y']\ns.main()\n")
+           "s.score_files = score_files\nsys.argv = ['seq2seq-score', 'hyp=x', 'ref=y']\ncommand.main()\n")
     proc = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 1
@@ -219,7 +227,7 @@ def test_exit_code_rule():
     from seq2seq.cli import exit_code
     from seq2seq.data.corpus import read_lines
     from seq2seq.training.checkpoint import CheckpointError
-    from seq2seq.training.distributed import PeerFailure
+    from seq2seq.errors import PeerFailure
 
     def raised(function):
         try:

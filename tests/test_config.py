@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from conftest import REPO
-from seq2seq.config import config_dir, to_dict
+from helpers.commands import REPO, compose
+from seq2seq.config import to_dict
 from seq2seq.models.model import build_model
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose("train", *overrides)
 
 
 def test_recipe_selects_groups_and_values():
@@ -33,7 +31,9 @@ def test_override_after_recipe_reaches_the_module():
 
 
 def test_unknown_command_line_key_is_an_error():
-    with pytest.raises(Exception, match="layer"):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'model.encoder.layer'"):
         composed("model.encoder.layer=2")
 
 

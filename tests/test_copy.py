@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import train_toy_model, transformer_config
+from helpers.models import train_toy_model, transformer_config
 from seq2seq.data.batching import collate, pad_source
 from seq2seq.data.tokenizer import BOS, EOS, PAD
-from seq2seq.generation.search import GenerationOptions, generate
+from seq2seq.generation.options import GenerationOptions
+from seq2seq.generation.search import generate
 from seq2seq.models.copy import _FusedCopyLoss, first_occurrences
 from seq2seq.models.model import AttentionChoice, build_model, coverage_loss
 from seq2seq.models.output import smoothed_nll
@@ -28,7 +29,7 @@ def rnn_copy_config(copy: bool = True, coverage: bool = False, dim: int = 48, hi
     timing=current: the attention reads the state after the step, as in their eq. 1)."""
     return {
         "embed_dim": dim, "dropout": 0.0, "max_positions": 64, "share_embeddings": True, "tie_output": True,
-        "encoder": {"_target_": "seq2seq.models.rnn.RNNEncoder", "name": "lstm", "cell": "lstm", "layers": 1,
+        "encoder": {"_target_": "seq2seq.models.rnn_encoder.RNNEncoder", "name": "lstm", "cell": "lstm", "layers": 1,
                     "hidden_size": hidden // 2, "bidirectional": True, "dropout": 0.0},
         "decoder": {"_target_": "seq2seq.models.rnn.RNNDecoder", "name": "rnn", "cell": "lstm", "layers": 1,
                     "hidden_size": hidden, "dropout": 0.0, "input_feeding": False, "bridge": "learned"},

@@ -9,7 +9,8 @@ import types
 
 import pytest
 
-from conftest import REPO, toy_corpus_lines, write_corpus
+from helpers.commands import REPO, compose
+from helpers.corpora import toy_corpus_lines, write_corpus
 from seq2seq.data.batching import bucket_batches, collate, shard
 from seq2seq.data.corpus import DataError, load_split, read_documents, read_lines, read_parallel_text, read_tsv
 from seq2seq.data.prepare import CORPUS_KEYS, DATA_KEYS, EncodedSplit, filter_training_pairs, prepare_data
@@ -116,18 +117,9 @@ def test_hub_config_and_revision_reach_load_dataset(monkeypatch):
     assert corpus.src == ["A: hi", ""] and corpus.tgt == ["greeting", "nothing"]
 
 
-def compose_train(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    from seq2seq.config import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
 def test_every_data_config_has_exactly_the_keys_the_code_reads(name):
-    assert set(compose_train(f"data={name}").data) == set(DATA_KEYS)
+    assert set(compose("train", f"data={name}").data) == set(DATA_KEYS)
 
 
 def test_an_unknown_data_key_is_named(tmp_path):
@@ -144,7 +136,7 @@ SHARED_DATA = os.environ.get("SEQ2SEQ_DATA") or str(REPO.parent / "shared" / "da
 def test_samsum_config_reads_the_local_copy():
     from seq2seq.config import to_dict
 
-    data = to_dict(compose_train("data=samsum", f"data.root={SHARED_DATA}").data)
+    data = to_dict(compose("train", "data=samsum", f"data.root={SHARED_DATA}").data)
     assert (data["format"], data["long_pairs"], data["max_src_len"], data["max_tgt_len"]) == \
         ("jsonl", "truncate", 512, 96)
     train = load_split("train", **{k: data[k] for k in CORPUS_KEYS})

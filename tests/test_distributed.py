@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, _env, free_port, losses, make_trainer, overrides, run_cli, wait_for_steps, weights
+from helpers.commands import REPO, command_env, free_port, losses, run_cli, wait_for_steps, weights
+from helpers.corpora import overrides
+from helpers.training import make_trainer
 from seq2seq.data.batching import epoch_shard
 from seq2seq.training.trainer import TrainerOptions
 
@@ -27,7 +29,7 @@ def torchrun_cmd(*args: str, nproc: int = 2, launcher: tuple[str, ...] = ("--sta
 
 
 def start(cmd: list[str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=cwd, env=_env(),
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=cwd, env=command_env(),
                             start_new_session=True)
 
 

@@ -5,16 +5,17 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 pytest.importorskip("transformers", reason="the exports need the export extra: pip install -e '.[export]'")
 pytest.importorskip("ctranslate2", reason="the exports need the export extra: pip install -e '.[export]'")
 
-from conftest import (TOY_SYMBOLS, run_cli, tiny_train_overrides, toy_corpus_lines, toy_pairs,  # noqa: E402
-                      train_toy_model, transformer_config, write_corpus)
+from helpers.commands import compose, run_cli  # noqa: E402
+from helpers.corpora import tiny_train_overrides, toy_corpus_lines, write_corpus  # noqa: E402
+from helpers.models import TOY_SYMBOLS, toy_pairs, transformer_config  # noqa: E402
 from seq2seq.data.batching import pad_source  # noqa: E402
 from seq2seq.data.tokenizer import EOS, PAD  # noqa: E402
-from seq2seq.generation.search import GenerationOptions, generate  # noqa: E402
+from seq2seq.generation.options import GenerationOptions  # noqa: E402
+from seq2seq.generation.search import generate  # noqa: E402
 from seq2seq.models.model import build_model  # noqa: E402
 from seq2seq.training.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
 
@@ -66,7 +67,7 @@ class ToyPieces:
 def test_huggingface_greedy_equals_ours(reversal_model, sources, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
-    from seq2seq.export import huggingface_generation_config, huggingface_model
+    from seq2seq.export.huggingface import huggingface_generation_config, huggingface_model
 
     hf = huggingface_model(reversal_model)
     expected = "PegasusForConditionalGeneration" if reversal_model.encoder.layers[0].pre_norm else "MarianMTModel"
@@ -87,7 +88,7 @@ def test_ctranslate2_float32_greedy_equals_ours(reversal_model, sources, tmp_pat
     import ctranslate2
     from ctranslate2.converters.converter import Converter
 
-    from seq2seq.export import ctranslate2_spec
+    from seq2seq.export.ctranslate2 import ctranslate2_spec
 
     class Toy:
         src = tgt = ToyPieces()
@@ -107,10 +108,10 @@ def test_ctranslate2_float32_greedy_equals_ours(reversal_model, sources, tmp_pat
 
 
 def test_rnn_and_copy_models_are_refused():
-    from seq2seq.export import exportable_shape
+    from seq2seq.export.shapes import exportable_shape
 
     rnn = {"embed_dim": 16, "dropout": 0.0, "max_positions": 32, "share_embeddings": True, "tie_output": True,
-           "encoder": {"_target_": "seq2seq.models.rnn.RNNEncoder", "cell": "lstm", "layers": 1, "hidden_size": 8,
+           "encoder": {"_target_": "seq2seq.models.rnn_encoder.RNNEncoder", "cell": "lstm", "layers": 1, "hidden_size": 8,
                        "bidirectional": True, "dropout": 0.0},
            "decoder": {"_target_": "seq2seq.models.rnn.RNNDecoder", "cell": "lstm", "layers": 1, "hidden_size": 16,
                        "dropout": 0.0, "input_feeding": True, "bridge": "zero"},
@@ -143,15 +144,14 @@ def test_checkpoint_with_the_old_position_layout_is_refused(tmp_path):
 
 
 def _decode(run, lines, tmp_path, name, **keys):
+    """seq2seq.decode.decode with conf/decode.yaml composed as the command line would (greedy, 12 tokens)."""
     from seq2seq.decode import decode
 
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
-    generation = {**vars(GenerationOptions(strategy="greedy")), "max_len_a": 0.0, "max_len_b": 12}
-    decode(OmegaConf.create({
-        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "input_field": None, "precision": "fp32",
-        "kernels": {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None},
-        "output": str(tmp_path / name), "device": "cpu", "threads": 1, "batch_tokens": 500, "attention": None,
-        "attention_max_sentences": 0, "generation": generation, **keys}))
+    given = {"run": run, "input": tmp_path / "in.txt", "output": tmp_path / name, "precision": "fp32",
+             "kernels.linear": "mkl", "device": "cpu", "threads": 1, "batch_tokens": 500, "generation": "greedy",
+             "generation.max_len_a": 0.0, "generation.max_len_b": 12, **keys}
+    decode(compose("decode", *(f"{k}={v}" for k, v in given.items())))
     return (tmp_path / name).read_text().splitlines()
 
 

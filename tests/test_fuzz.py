@@ -14,10 +14,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import transformer_config, write_corpus
+from helpers.corpora import write_corpus
+from helpers.models import transformer_config
 from seq2seq.data.corpus import DataError, read_documents, read_jsonl, read_lines, read_parallel_text, read_tsv
 from seq2seq.generation.decoding import decode_ids
-from seq2seq.generation.search import GenerationOptions
+from seq2seq.generation.options import GenerationOptions
 from seq2seq.models.model import build_model
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

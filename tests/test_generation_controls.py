@@ -10,10 +10,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import TOY_SYMBOLS, toy_pairs, transformer_config
+from helpers.models import TOY_SYMBOLS, toy_pairs, transformer_config
 from seq2seq.data.batching import pad_source
 from seq2seq.data.tokenizer import BOS, EOS, PAD
-from seq2seq.generation.search import GenerationOptions, _block_ngrams, _penalise, generate
+from seq2seq.generation.controls import block_ngrams, penalise
+from seq2seq.generation.options import GenerationOptions
+from seq2seq.generation.search import generate
 from seq2seq.models.model import build_model
 
 V = 4 + TOY_SYMBOLS
@@ -79,7 +81,7 @@ def test_block_ngrams_matches_a_plain_loop():
         for t in (0, 1, 3, 6, 12):
             history = torch.randint(4, 8, (9, t), generator=gen)  # few symbols: many matches
             scores = torch.zeros(9, 10)
-            _block_ngrams(scores, history, n)
+            block_ngrams(scores, history, n)
             for row in range(9):
                 h = history[row].tolist()
                 banned = set()
@@ -112,7 +114,7 @@ def test_repetition_penalty_multiplies_log_probabilities_of_seen_tokens():
     logp = torch.log_softmax(torch.randn(2, 8, generator=torch.Generator().manual_seed(1)), dim=1)
     history = torch.tensor([[4, 4, 6], [7, 5, 7]])
     opts = GenerationOptions(repetition_penalty=1.5)
-    scores = _penalise(logp.clone(), history, opts, None)
+    scores = penalise(logp.clone(), history, opts, None)
     expected = logp.clone()
     for row, seen in enumerate(([4, 6], [5, 7])):
         expected[row, seen] *= 1.5
@@ -138,20 +140,24 @@ def test_logprob_equals_forced_decoding_under_controls(untrained_model, sources,
             assert h.score == pytest.approx(h.logprob / (len(h.tokens) + 1) ** opts.len_penalty, abs=1e-5)
 
 
-def test_coverage_penalty_equals_hand_computation(toy_model, sources):
-    beta = 0.7
-    opts = GenerationOptions(beam_size=4, nbest=4, coverage_penalty=beta, len_penalty=0.8)
-    results = generate(toy_model, sources[:12], opts, need_attention=True)
+def test_coverage_penalty_equals_hand_computation(untrained_model, sources):
+    """At most 3 target steps (2 tokens and EOS) spread 3 units of attention over sources of 4 or more
+    positions, so every hypothesis leaves some position under-covered (sum < 1): the penalty is never 0."""
+    beta, penalised = 0.7, 0
+    model = untrained_model
+    opts = GenerationOptions(beam_size=4, nbest=4, coverage_penalty=beta, len_penalty=0.8, max_len_a=0.0, max_len_b=2)
+    results = generate(model, sources[:12], opts, need_attention=True)
     for row, hyps in enumerate(results):
         src_len = int(sources[row].ne(PAD).sum())
         for h in hyps:
             assert h.attention.shape == (len(h.tokens) + 1, src_len)  # real source positions only
             covered = h.attention.sum(dim=0).clamp(max=1.0)
             cp = beta * covered.log().sum().item()
-            assert cp < 0
+            penalised += cp < -1e-3
             assert h.score == pytest.approx(h.logprob / (len(h.tokens) + 1) ** 0.8 + cp, abs=1e-4)
-            assert h.logprob == pytest.approx(forced_logprob(toy_model, sources[row : row + 1], h.tokens), abs=1e-3)
+            assert h.logprob == pytest.approx(forced_logprob(model, sources[row : row + 1], h.tokens), abs=1e-3)
         assert [h.score for h in hyps] == sorted([h.score for h in hyps], reverse=True)
+    assert penalised >= 12  # the penalty was really applied, not zero everywhere
 
 
 def test_coverage_penalty_without_returned_attention_gives_the_same_hypotheses(toy_model, sources):
@@ -243,14 +249,22 @@ def test_beam_one_equals_greedy_with_controls(toy_model, untrained_model, source
 
 
 def test_defaults_leave_search_unchanged(toy_model, sources):
-    """The new keys at their defaults are the plain search: same hypotheses as before, score = logprob / length."""
-    opts = GenerationOptions(beam_size=4, nbest=4, no_repeat_ngram_size=0, repetition_penalty=1.0,
-                             coverage_penalty=0.0, min_len_a=0.0)
-    assert not opts.penalised
+    """The controls at their defaults are the plain search: the defaults are the off values, and a control set
+    to its off value explicitly gives the hypotheses of a search that never looks at it (beam_search with the
+    controls' code paths forced on changes nothing either when they are neutral)."""
+    defaults = GenerationOptions()
+    assert (defaults.no_repeat_ngram_size, defaults.repetition_penalty, defaults.coverage_penalty,
+            defaults.min_len_a) == (0, 1.0, 0.0, 0.0)
+    assert not defaults.penalised
     plain = generate(toy_model, sources[:8], GenerationOptions(beam_size=4, nbest=4))
-    again = generate(toy_model, sources[:8], opts)
-    for a, b in zip(plain, again):
-        assert [(h.tokens, h.logprob, h.score) for h in a] == [(h.tokens, h.logprob, h.score) for h in b]
+    # n-gram blocking of 9-grams cannot block anything in these short outputs, but runs the penalised path
+    blocked = generate(toy_model, sources[:8], GenerationOptions(beam_size=4, nbest=4, no_repeat_ngram_size=9))
+    assert GenerationOptions(no_repeat_ngram_size=9).penalised
+    for a, b in zip(plain, blocked):
+        assert max(len(h.tokens) for h in a) < 9
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.logprob for h in a] == pytest.approx([h.logprob for h in b], abs=1e-6)
+        assert all(h.score == pytest.approx(h.logprob / (len(h.tokens) + 1), abs=1e-6) for h in a)
 
 
 # ---------------------------------------------------------------- refusals and configs
@@ -281,12 +295,16 @@ def test_impossible_settings_are_refused(settings, key):
 
 def test_generation_configs_name_every_option():
     fields = {f.name for f in dataclasses.fields(GenerationOptions)}
+    text = (CONF / "beam.yaml").read_text()  # the one file that explains them; greedy and sampling extend it
+    assert set(yaml.safe_load(text)) == fields
+    for key in ("no_repeat_ngram_size", "repetition_penalty", "coverage_penalty", "min_len_a"):
+        line = next(line for line in text.splitlines() if line.startswith(f"{key}:"))
+        assert "#" in line, f"beam.yaml: {key} has no comment"
+    from hydra import compose, initialize_config_dir
+
     for name in ("beam", "greedy", "sampling"):
-        text = (CONF / f"{name}.yaml").read_text()
-        settings = yaml.safe_load(text)
+        with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+            settings = dict(compose("decode", overrides=["run=x", f"generation={name}"]).generation)
         assert set(settings) == fields, name
-        for key in ("no_repeat_ngram_size", "repetition_penalty", "coverage_penalty", "min_len_a"):
-            line = next(line for line in text.splitlines() if line.startswith(f"{key}:"))
-            assert "#" in line, f"{name}.yaml: {key} has no comment"
         opts = GenerationOptions(**settings)
         assert not opts.penalised and opts.coverage_penalty == 0.0 and opts.min_len_a == 0.0

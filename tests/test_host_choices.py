@@ -8,9 +8,10 @@ import warnings
 import pytest
 import torch
 
-from conftest import make_trainer, transformer_config
+from helpers.models import transformer_config
+from helpers.training import make_trainer
 from seq2seq.models import gemm
-from seq2seq.models.gemm import KernelPlan, Linear
+from seq2seq.models.gemm import Linear
 from seq2seq.models.model import build_model
 from seq2seq.training import precision
 

@@ -8,7 +8,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import overrides, run_cli, toy_corpus_lines
+from helpers.commands import run_cli
+from helpers.corpora import overrides, toy_corpus_lines
 from seq2seq.config import config_dir
 from seq2seq.data.tokenizer import Tokenizer
 

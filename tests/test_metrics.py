@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_cli, toy_corpus_lines
+from helpers.commands import run_cli
+from helpers.corpora import toy_corpus_lines
 from seq2seq.metrics import (ROUGE_TYPES, VALID_METRICS, higher_is_better, rouge, rouge_bootstrap, score,
                              validation_score)
 

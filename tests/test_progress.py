@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import make_trainer
+from helpers.training import make_trainer
 from seq2seq.training import trainer as trainer_module
 from seq2seq.training.optim import LinearSchedule
 from seq2seq.training.progress import Budget
@@ -67,7 +67,7 @@ def test_with_time_to_spare_the_step_schedule_is_reproduced_exactly(corpus, tmp_
     clock(step_seconds=0.01)  # 40 steps in 0.4 s of a 37.5 s budget
     summary = make_trainer(corpus, tmp_path / "a", 40, schedule={**SCHEDULE, "total_steps": 40},
                            max_minutes=0.625).fit()
-    expected = LinearSchedule(0.005, 10, 40)
+    expected = LinearSchedule(0.005, 10, 40, warmup_init_lr=0.0)
     lr = {r["step"]: r["lr"] for r in rows_of(tmp_path / "a") if "lr" in r}
     assert sorted(lr) == list(range(1, 41))
     assert all(lr[s] == pytest.approx(expected(s), abs=1e-12) for s in lr)
@@ -84,7 +84,7 @@ def test_when_the_clock_binds_the_schedule_is_compressed_into_the_minutes(corpus
     summary = trainer.fit()
     rows = rows_of(tmp_path / "b")
     steps = {r["step"]: r for r in rows if "lr" in r}
-    expected = LinearSchedule(0.005, 10, 200)
+    expected = LinearSchedule(0.005, 10, 200, warmup_init_lr=0.0)
     assert summary["step"] == 100 and summary["stop_reason"].startswith("reached trainer.max_minutes=0.625")
     for step, row in steps.items():
         want = 1 if step == 1 else min(2 * step, 200)  # the first update has no duration to go by yet

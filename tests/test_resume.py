@@ -10,7 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, _env, losses, make_trainer, overrides, run_cli, wait_for_steps, weights
+from helpers.commands import REPO, command_env, losses, run_cli, wait_for_steps, weights
+from helpers.corpora import overrides
+from helpers.training import make_trainer
 
 
 def test_sigterm_then_resume_gives_the_uninterrupted_loss_curve(corpus, tmp_path):
@@ -22,7 +24,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_loss_curve(corpus, tmp_path
 
     args = overrides(corpus, stopped, steps, "model.dropout=0.2")
     proc = subprocess.Popen([sys.executable, "-m", "seq2seq.train", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=command_env())
     wait_for_steps(stopped, proc, 3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

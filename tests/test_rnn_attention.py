@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 
-from conftest import TOY_SYMBOLS, toy_corpus_lines, train_toy_model
+from helpers.commands import compose
+from helpers.corpora import toy_corpus_lines
+from helpers.models import TOY_SYMBOLS, train_toy_model
 from seq2seq.data.batching import collate, pad_source
 from seq2seq.data.tokenizer import PAD
-from seq2seq.generation.search import GenerationOptions, generate
+from seq2seq.generation.options import GenerationOptions
+from seq2seq.generation.search import generate
 from seq2seq.models.luong_local import LocalAttention
 from seq2seq.models.model import AttentionChoice, build_model
 
@@ -232,7 +234,7 @@ def test_encoder_by_length_equals_packed_sequences_values_and_gradients(cell, bi
     final states and gradients, rows of equal and different lengths, two layers."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    from seq2seq.models.rnn import RNNEncoder
+    from seq2seq.models.rnn_encoder import RNNEncoder
 
     torch.manual_seed(0)
     encoder = RNNEncoder(torch.nn.Embedding(VOCAB, 16), 16, 64, cell=cell, layers=2, hidden_size=12,
@@ -422,7 +424,7 @@ def test_transformer_encoder_feeds_an_rnn_decoder_through_the_mean_bridge():
 
 
 def test_transformer_attention_layer_and_head_selection():
-    from conftest import transformer_config
+    from helpers.models import transformer_config
 
     torch.manual_seed(0)
     model = build_model(transformer_config(layers=2, heads=4), VOCAB, VOCAB).eval()
@@ -493,14 +495,10 @@ def test_decode_writes_heatmaps_weights_and_alignments(tmp_path):
     save_checkpoint({"model": model.state_dict(), "model_config": cfg}, run / "checkpoints" / "best.pt")
     lines = ["the cat sees a dog", "", "a red house", "big tree"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
-    generation = yaml.safe_load((CONF / "generation" / "beam.yaml").read_text())
-    generation.update(beam_size=2, print_alignment=True, max_len_b=5)
-    decode(OmegaConf.create({
-        "run": str(run), "checkpoint": "best", "input": str(tmp_path / "in.txt"), "input_field": None, "precision": "fp32",
-        "kernels": {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}, "output": str(tmp_path / "out.txt"),
-        "device": "cpu", "threads": 1, "batch_tokens": 100, "attention": str(tmp_path / "attn"),
-        "attention_max_sentences": 2, "generation": generation,
-    }))
+    decode(compose("decode", f"run={run}", f"input={tmp_path / 'in.txt'}", f"output={tmp_path / 'out.txt'}",
+                   "precision=fp32", "kernels.linear=mkl", "device=cpu", "threads=1", "batch_tokens=100",
+                   f"attention={tmp_path / 'attn'}", "attention_max_sentences=2", "generation.beam_size=2",
+                   "generation.print_alignment=true", "generation.max_len_b=5"))
     out = (tmp_path / "out.txt").read_text().split("\n")[:-1]
     assert len(out) == 4 and out[1] == "\t"
     records = [json.loads(line) for line in (tmp_path / "attn" / "attention.jsonl").read_text().splitlines()]

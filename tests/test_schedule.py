@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import make_trainer
+from helpers.training import make_trainer
 from seq2seq.training.optim import InverseSqrtSchedule, LinearSchedule, build_schedule
 
 
@@ -54,7 +54,7 @@ def test_the_trainer_follows_the_linear_schedule_to_zero(corpus, tmp_path):
     make_trainer(corpus, tmp_path, 12, schedule=schedule).fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lr = {r["step"]: r["lr"] for r in rows if "lr" in r}
-    expected = LinearSchedule(0.005, 4, 12)
+    expected = LinearSchedule(0.005, 4, 12, warmup_init_lr=0.0)
     assert sorted(lr) == list(range(1, 13))
     for step, value in lr.items():  # logged after the update: the rate that step used
         assert value == pytest.approx(expected(step)), step

@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from conftest import TOY_SYMBOLS, greedy_reference, toy_pairs, transformer_config
+from helpers.models import TOY_SYMBOLS, greedy_reference, toy_pairs, transformer_config
 from seq2seq.data.batching import collate, pad_source
 from seq2seq.data.tokenizer import BOS, EOS
 from seq2seq.generation.decoding import decode_ids
-from seq2seq.generation.search import GenerationOptions, generate
+from seq2seq.generation.options import GenerationOptions
+from seq2seq.generation.search import generate
 from seq2seq.models.model import build_model
 
 

@@ -24,7 +24,8 @@ pytest.importorskip("uvicorn", reason="seq2seq-serve needs the serve extra: pip 
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import run_cli, toy_corpus_lines  # noqa: E402
+from helpers.commands import run_cli  # noqa: E402
+from helpers.corpora import toy_corpus_lines  # noqa: E402
 from seq2seq.serve import GENERATE_PATHS, Server, create_app  # noqa: E402
 
 INPUTS = toy_corpus_lines(12, seed=21)[0]
@@ -74,15 +75,15 @@ def test_outputs_keep_input_order_and_equal_seq2seq_decode(trained_run, client, 
 
 def test_scores_equal_decode_ids_exactly(trained_run, client):
     """The same function seq2seq-decode calls, with the run's saved generation settings: identical floats."""
-    from seq2seq.decode import generation_settings, load_run
+    from seq2seq.runs import RunFolder
     from seq2seq.generation.decoding import decode_ids
-    from seq2seq.generation.search import GenerationOptions
+    from seq2seq.generation.options import GenerationOptions
     from seq2seq.serve import default_generation
 
     _, run_dir = trained_run
-    model, tokenizer, _ = load_run(run_dir)
+    model, tokenizer, _ = RunFolder(run_dir).load()
     composed = {**default_generation(), "len_penalty": 1.3}
-    settings = generation_settings(composed, run_dir, ["generation.len_penalty=1.3"])
+    settings = RunFolder(run_dir).generation_settings(composed, ["generation.len_penalty=1.3"])
     results = decode_ids(model, tokenizer.encode_src(INPUTS), GenerationOptions(**settings), batch_tokens=6000,
                          device=torch.device("cpu"))
     answer = client.post("/v1/generate", json={"inputs": INPUTS, "options": {"len_penalty": 1.3}}).json()
@@ -195,7 +196,7 @@ def test_a_busy_model_answers_503_and_finishes_what_it_took(trained_run):
 
 
 def test_a_failed_decode_is_a_500_for_its_request_only(client, monkeypatch):
-    import seq2seq.generation.decoding as decoding
+    import seq2seq.backends.pytorch as decoding  # the served models decode through the PyTorch backend
 
     real = decoding.decode_ids
 

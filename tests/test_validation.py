@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from conftest import make_trainer, transformer_config
+from helpers.models import transformer_config
+from helpers.training import make_trainer
 from seq2seq.data.batching import collate
 from seq2seq.training.checkpoint import load_checkpoint
 

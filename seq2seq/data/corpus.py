@@ -210,7 +210,7 @@ def load_split(
         raise DataError(f"unknown data format '{format}' (text, jsonl or tsv)")
     if not hub_id:
         raise DataError("no data: set data.root (or SEQ2SEQ_DATA) to a local copy, or data.hub_id")
-    import datasets
+    import datasets  # lazy: seconds of start-up, only for data.hub_id
 
     hub_name = (hub_splits or splits)[split]
     log.info("loading %s split %s from the Hugging Face hub", hub_id, hub_name)

@@ -6,7 +6,8 @@ import logging
 import torch
 
 from seq2seq.data.batching import pad_source
-from seq2seq.generation.search import GenerationOptions, Hypothesis, generate
+from seq2seq.generation.options import GenerationOptions, Hypothesis
+from seq2seq.generation.search import generate
 
 log = logging.getLogger(__name__)
 

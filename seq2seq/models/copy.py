@@ -60,6 +60,7 @@ class _FusedCopyLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, weight, z, attention, src, target, smoothing: float, chunk: int):
+        # long: one chunked pass computes the loss and every gradient in the logits' own buffer
         n, vocab = features.size(0), weight.size(0)
         device_type = features.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else features.dtype

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seq2seq.host import measured
+
 log = logging.getLogger(__name__)
 
 MIN_MACS = 1_500_000  # kernels.linear=onednn: rows x inner x columns below it stay on MKL (its lower call overhead)
@@ -183,8 +185,6 @@ def plan_from(totals: dict, name: str = "auto") -> KernelPlan:
 def calibrate(shapes: list[tuple[int, int]], rows: list[int], cache_dir=None) -> tuple[KernelPlan, dict]:
     """kernels.linear=auto: (the plan, a record for the logs and metrics) for a model's linear shapes
     (inner, columns) at these row counts, measured once per host (seq2seq.host) and kept in cache_dir."""
-    from seq2seq.host import measured
-
     start = time.perf_counter()
     totals, cached = measured(cache_dir, "kernels", {"shapes": sorted(set(shapes)), "rows": rows},
                               lambda: measure_shapes(shapes, rows, repeats=2))

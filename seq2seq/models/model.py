@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ from torch import nn
 
 from seq2seq.config import check_keys
 from seq2seq.data.tokenizer import PAD
+from seq2seq.models.embeddings import TokenEmbedding
 
 
 @dataclass
@@ -217,8 +219,12 @@ class EncoderDecoder(nn.Module):
         return logp, ModelState(decoder_state, state.src_tokens, state.report), (out.attention if state.report else None)
 
 
+# classes that moved: what checkpoints and run folders written before the move name them
+MOVED = {"seq2seq.models.rnn.RNNEncoder": "seq2seq.models.rnn_encoder.RNNEncoder"}
+
+
 def _import(target: str):
-    module, _, name = target.rpartition(".")
+    module, _, name = MOVED.get(target, target).rpartition(".")
     return getattr(importlib.import_module(module), name)
 
 
@@ -231,11 +237,10 @@ def construct(group: str, node: dict, **given):
     options = {k: v for k, v in node.items() if k not in ("_target_", "name")}
     cls = _import(node["_target_"])
     try:
-        return cls(**given, **options)
+        inspect.signature(cls).bind(**given, **options)  # a key the class does not take, or one it lacks
     except TypeError as err:
-        if "unexpected keyword argument" in str(err) or "missing" in str(err):
-            raise ValueError(f"{group}: {err} (check the keys under {group})") from None
-        raise
+        raise ValueError(f"{group}: {err} (check the keys under {group})") from None
+    return cls(**given, **options)  # a TypeError from here on is a bug, with its traceback
 
 
 def check_pairing(decoder: dict, attention: dict) -> None:
@@ -253,6 +258,7 @@ def check_pairing(decoder: dict, attention: dict) -> None:
         )
 
 
+SOFTMAX_OUTPUT = {"_target_": "seq2seq.models.output.OutputLayer", "name": "softmax"}  # = conf/model/output/softmax.yaml
 MODEL_KEYS = ("embed_dim", "dropout", "max_positions", "share_embeddings", "tie_output",
               "encoder", "decoder", "attention", "output")  # dropout: read by the groups' ${model.dropout}
 
@@ -262,8 +268,6 @@ def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int, joint_vocab
 
     joint_vocabulary: source and target ids mean the same pieces (one SentencePiece model), which
     copying from the source needs."""
-    from seq2seq.models.embeddings import TokenEmbedding
-
     check_keys("model", cfg, MODEL_KEYS)
     dim = cfg["embed_dim"]
     share = cfg["share_embeddings"]
@@ -280,7 +284,7 @@ def build_model(cfg: dict, src_vocab_size: int, tgt_vocab_size: int, joint_vocab
     if cfg["tie_output"] and decoder.output_dim != dim:
         raise ValueError(f"model.tie_output=true needs decoder features of size embed_dim={dim}")
     sizes = OutputSizes(decoder.output_dim, decoder.context_dim, dim, tgt_vocab_size, joint_vocabulary)
-    output_cfg = cfg.get("output") or {"_target_": "seq2seq.models.output.OutputLayer", "name": "softmax"}
+    output_cfg = cfg.get("output") or SOFTMAX_OUTPUT  # model configs from before model/output existed
     output = construct("model.output", output_cfg, sizes=sizes,
                        tied_weight=tgt_embed.weight if cfg["tie_output"] else None)
     return EncoderDecoder(encoder, decoder, output, cfg["max_positions"])

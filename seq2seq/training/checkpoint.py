@@ -9,19 +9,10 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.errors import CheckpointError, CheckpointWriteError
 from seq2seq.models.embeddings import POSITIONS_LAYOUT, SinusoidalPositions
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or made for another model."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (full disk, quota, I/O error); the previous file at its path,
-    if any, is untouched."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
+__all__ = ["CheckpointError", "CheckpointWriteError"]  # defined in seq2seq.errors, raised here
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

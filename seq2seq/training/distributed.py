@@ -22,10 +22,6 @@ import torch.distributed as dist
 _main_wait_group = None  # gloo group with the long timeout, set by init()
 
 
-class PeerFailure(RuntimeError):
-    """A collective operation failed: another rank died, was killed or stopped answering."""
-
-
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0

@@ -14,16 +14,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OptimOptions:
-    """The optim config group: AdamW, clipping, and the training loss's label smoothing and coverage term."""
+    """The optim config group: AdamW, clipping, and the training loss's label smoothing and coverage term.
+    No defaults here: conf/optim/adamw.yaml is their one source."""
 
     lr: float
     betas: tuple
     eps: float
     weight_decay: float
-    clip_norm: float = 1.0
-    label_smoothing: float = 0.0
-    coverage_loss: float = 0.0
-    coverage_from_step: int = 0
+    clip_norm: float
+    label_smoothing: float
+    coverage_loss: float
+    coverage_from_step: int
 
     @classmethod
     def from_config(cls, node: dict) -> "OptimOptions":
@@ -55,7 +56,7 @@ class InverseSqrtSchedule:
 
     peak_lr: float
     warmup_steps: int
-    warmup_init_lr: float = 0.0
+    warmup_init_lr: float = 1e-7  # = conf/lr_scheduler/inverse_sqrt.yaml (tests/test_defaults.py)
 
     def __call__(self, step: int) -> float:
         """Learning rate for optimizer step number step (1-based)."""
@@ -73,7 +74,7 @@ class LinearSchedule:
     peak_lr: float
     warmup_steps: int
     total_steps: int
-    warmup_init_lr: float = 0.0
+    warmup_init_lr: float = 1e-7  # = conf/lr_scheduler/linear.yaml (tests/test_defaults.py)
     final_lr: float = 0.0
 
     def __post_init__(self):
@@ -103,7 +104,7 @@ SCHEDULES = {"inverse_sqrt": InverseSqrtSchedule, "linear": LinearSchedule}
 def build_schedule(peak_lr: float, node: dict):
     """The lr_scheduler config group (name and its settings) as a function step -> learning rate."""
     node = dict(node)
-    name = node.pop("name", "inverse_sqrt")
+    name = node.pop("name", None)
     if name not in SCHEDULES:
         raise ValueError(f"lr_scheduler={name}: choose one of {', '.join(SCHEDULES)}")
     return options_from(SCHEDULES[name], "lr_scheduler", {**node, "peak_lr": peak_lr})

@@ -17,9 +17,14 @@ import json
 import logging
 import random
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+from seq2seq.generation.decoding import decode_ids
+from seq2seq.host import measured
+from seq2seq.models import gemm
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,6 @@ def measure_step(model, batches, device) -> dict:
 
 def measure_decoding(model, sources: list, options, device, batch_tokens: int) -> dict:
     """{"fp32": seconds, "bf16": seconds} of decoding sources (a few of the input's) with these settings."""
-    from seq2seq.generation.decoding import decode_ids
-
     def one(name):
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
         best = float("inf")
@@ -106,8 +109,6 @@ def choose(requested: str, device: torch.device, measure: Callable[[], dict], ca
         chosen = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return chosen, {"precision": chosen, "chosen_by": "auto: CUDA device " + ("with" if chosen == "bf16" else
                                                                                     "without") + " bf16"}
-    from seq2seq.host import measured
-
     digest = hashlib.sha1(json.dumps(key or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     start = time.perf_counter()
     seconds, cached = measured(cache_dir, "precision", {"what": what, "model": digest}, measure)
@@ -130,10 +131,6 @@ def decoding_paths(model, sample: list, options, device: torch.device, *, reques
     """The host's paths for decoding one checkpoint (seq2seq-decode, seq2seq-serve): on a CPU kernels.linear
     (kernels: linear, onednn_cache_capacity, cache_dir), then the autocast dtype (None: fp32). precision=auto
     times decoding `sample` (source id lists) in fp32 and bf16, once per host, checkpoint and settings."""
-    from pathlib import Path
-
-    from seq2seq.models import gemm
-
     check_decoding(requested)
     if device.type == "cpu":
         plan = gemm.configure(kernels["linear"], kernels["onednn_cache_capacity"], model,

@@ -6,108 +6,42 @@ shared, so all ranks stop at the same step. The last.pt checkpoint holds everyth
 that decides what happens next (weights, optimizer, grad scaler, position in the
 epoch, every rank's RNG state), so a resumed run continues exactly where it stopped.
 """
+# long: one class holds the loop state that resume restores bit for bit; its parts live in training/options,
+# rng, validation, averaging, progress, precision and checkpoint
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
 import math
-import random
 import signal
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from seq2seq.data.batching import bucket_batches, collate, epoch_shard
 from seq2seq.data.prepare import PreparedData
-from seq2seq.generation.decoding import decode_ids
-from seq2seq.generation.search import GenerationOptions
-from seq2seq.metrics import VALID_METRICS, higher_is_better, validation_score
-from seq2seq.training import distributed
-from seq2seq.training.checkpoint import (average_checkpoints, check_positions_layout, load_checkpoint,
-                                         load_model_state, save_checkpoint, step_checkpoints)
+from seq2seq.errors import PeerFailure
+from seq2seq.generation.options import GenerationOptions
+from seq2seq.metrics import higher_is_better
+from seq2seq.training import distributed, precision
+from seq2seq.training.averaging import average_and_compare
+from seq2seq.training.checkpoint import (check_positions_layout, load_checkpoint, load_model_state, save_checkpoint,
+                                         step_checkpoints)
 from seq2seq.training.distributed import DistInfo
 from seq2seq.training.optim import OptimOptions, build_optimizer, build_schedule
+from seq2seq.training.options import PRECISIONS, StepStats, TrainerOptions
 from seq2seq.training.progress import Budget
+from seq2seq.training.rng import rng_state, set_rng_state
+from seq2seq.training.validation import Validator
+
+__all__ = ["Trainer", "TrainerOptions", "StepStats"]
 
 log = logging.getLogger(__name__)
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each
-# auto: bf16 where the model's step measured faster in it on this host (seq2seq.training.precision)
-
-
-@dataclass
-class TrainerOptions:
-    max_steps: int = 0
-    max_epochs: int = 0
-    max_minutes: float = 0.0
-    accum_steps: int = 1
-    valid_every: int = 1000
-    valid_beam_size: int = 1
-    valid_max_sentences: int = 0
-    valid_metric: str = "bleu"
-    patience: int = 0
-    log_every: int = 50
-    keep_last: int = 1
-    average_last: int = 0
-    resume: bool = False
-    progress: bool = True
-    precision: str = "auto"
-    max_bad_steps: int = 5
-
-    def __post_init__(self):
-        if not (self.max_steps or self.max_epochs or self.max_minutes):
-            raise ValueError("set at least one of trainer.max_steps, trainer.max_epochs, trainer.max_minutes")
-        if self.accum_steps < 1 or self.valid_every < 1 or self.log_every < 1 or self.max_bad_steps < 1:
-            raise ValueError("trainer.accum_steps, trainer.valid_every, trainer.log_every and "
-                             "trainer.max_bad_steps must be >= 1")
-        if self.precision not in (*PRECISIONS, "auto"):
-            raise ValueError(f"trainer.precision={self.precision}: expected auto or one of {', '.join(PRECISIONS)}")
-        if self.valid_metric not in VALID_METRICS:
-            raise ValueError(f"trainer.valid_metric={self.valid_metric}: expected one of {', '.join(VALID_METRICS)}")
-        if self.keep_last < 0:
-            raise ValueError(f"trainer.keep_last={self.keep_last}: expected 0 (no step checkpoints) or more")
-        if self.average_last < 0:
-            raise ValueError(f"trainer.average_last={self.average_last}: expected 0 (off) or the number of step "
-                             "checkpoints to average")
-        if self.average_last > self.keep_last:
-            raise ValueError(f"trainer.average_last={self.average_last} averages more step checkpoints than "
-                             f"trainer.keep_last={self.keep_last} keeps: set trainer.keep_last>={self.average_last} "
-                             "(or lower trainer.average_last)")
-
-
-@dataclass
-class StepStats:
-    """One optimizer step, summed over micro-batches and ranks."""
-
-    loss: float      # what was minimised (label-smoothed, + weighted coverage loss)
-    nll: float
-    coverage: float  # coverage loss (unweighted; 0 without attention)
-    tokens: int      # target tokens
-    updated: bool    # False: skipped (non-finite loss or gradient, or the fp16 scaler found inf/NaN)
-
-
-def _rng_state() -> dict:
-    """This process's random generators (dropout, sampling); each rank has its own."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 class Trainer:
@@ -129,9 +63,9 @@ class Trainer:
         self.schedule = schedule if callable(schedule) else build_schedule(optim.lr, schedule)
         # validation decodes with trainer.valid_beam_size (1 = greedy) and the run's other generation settings
         beam = options.valid_beam_size > 1
-        self.valid_generation = GenerationOptions(**{
+        self.validator = Validator(data, options.valid_metric, options.valid_max_sentences, GenerationOptions(**{
             **generation.__dict__, "strategy": "beam" if beam else "greedy", "beam_size": max(options.valid_beam_size, 1),
-            "nbest": 1, "coverage_penalty": generation.coverage_penalty if beam else 0.0})
+            "nbest": 1, "coverage_penalty": generation.coverage_penalty if beam else 0.0}), valid_batch_tokens, device)
         self.train_src = [torch.as_tensor(s, dtype=torch.long) for s in data.train.src]
         self.train_tgt = [torch.as_tensor(t, dtype=torch.long) for t in data.train.tgt]
         self.src_lens = [len(s) + 1 for s in data.train.src]
@@ -170,8 +104,6 @@ class Trainer:
     def _choose_precision(self, requested: str, host_cache, model_config: dict) -> tuple[str, dict]:
         """trainer.precision, with auto resolved by timing the model's step on a real batch of the
         epoch's (the median-sized one of the first few; seq2seq.training.precision)."""
-        from seq2seq.training import precision
-
         batches = []
         if requested == "auto" and self.device.type != "cuda":
             first = bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True, seed=self.seed,
@@ -199,7 +131,7 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: a second of start-up, only where metrics are written
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         for key, value in row.items():
@@ -237,7 +169,7 @@ class Trainer:
     def save(self, best: bool = False, plan_length: int = 0) -> None:
         """Write last.pt (and best.pt, step_N.pt). Collective: every rank calls it, rank 0 writes,
         and the others wait until the files are complete."""
-        rng = distributed.gather_objects(_rng_state(), self.dist)
+        rng = distributed.gather_objects(rng_state(), self.dist)
         if self.dist.is_main:
             save_checkpoint(self._state(True, rng, plan_length), self.checkpoints / "last.pt")
             if best:
@@ -274,7 +206,7 @@ class Trainer:
             log.warning("resuming a %d-process run with %d processes: the rest of epoch %d is sharded anew "
                         "(every remaining pair still once), so the data order differs from the original run",
                         state["world_size"], self.dist.world_size, self.epoch)
-        _set_rng_state(rng[self.dist.rank % len(rng)])
+        set_rng_state(rng[self.dist.rank % len(rng)])
         log.info("resumed from %s at step %d (epoch %d, %d batches of it done)", path, self.step, self.epoch,
                  self.epoch_start)
 
@@ -387,56 +319,11 @@ class Trainer:
                 f"{limit}), at step {self.step}; the last good checkpoint is {self.checkpoints / 'last.pt'}. "
                 "Lower optim.lr, lengthen lr_scheduler.warmup_steps, check the data, or use trainer.precision=fp32")
 
-    @torch.no_grad()
     def validate(self) -> dict:
-        """Validation loss, and unless trainer.valid_metric=loss the metric of decoded outputs
-        (rank 0 only; the other ranks wait). For a copy model also the share of output tokens
-        that came mostly from copying."""
-        start = time.time()
-        self.model.eval()
-        valid = self.data.valid
-        limit = self.model.max_positions - 1
-        nll = tokens = 0.0
-        lens_src = [len(s) + 1 for s in valid.src]
-        lens_tgt = [len(t) + 1 for t in valid.tgt]
-        for idx in bucket_batches(lens_src, lens_tgt, self.valid_batch_tokens, shuffle=False):
-            batch = collate([valid.src[i][:limit] for i in idx], [valid.tgt[i][:limit] for i in idx])
-            batch = batch.to(self.device)
-            with self._autocast():
-                nll += self.model(batch.src, batch.prev_tokens, batch.target, 0.0).nll.item()
-            tokens += batch.ntokens
-        loss = nll / max(tokens, 1)
-        metric = self.opts.valid_metric
-        row = {"step": self.step, "valid_nll": loss, "valid_ppl": float(torch.tensor(loss).exp())}
-        if metric == "loss":
-            row["valid_loss"] = loss
-        else:
-            n = self.opts.valid_max_sentences or len(valid)
-            with self._autocast():
-                hyps = decode_ids(self.model, valid.src[:n], self.valid_generation,
-                                  batch_tokens=self.valid_batch_tokens, device=self.device)
-            outputs = [h[0].tokens for h in hyps]
-            text = self.data.tokenizer.decode_tgt(outputs)
-            row[f"valid_{metric}"] = validation_score(metric, text, valid.tgt_text[:n])
-            if self.model.copy_choice is not None:
-                row["valid_copied"] = self._copied_share(valid.src[:n], outputs)
-        self.model.train()
-        self.last_valid_seconds = time.time() - start
-        row["valid_seconds"] = self.last_valid_seconds
+        """Validation loss and metric of the model as it is now (seq2seq.training.validation)."""
+        row = {"step": self.step, **self.validator(self.model, self._autocast)}
+        self.last_valid_seconds = row["valid_seconds"]
         return row
-
-    def _copied_share(self, sources: list, outputs: list) -> float:
-        """Share of the output tokens (EOS included) that the copy model took mostly from the source."""
-        limit = self.model.max_positions - 1
-        lens_src = [len(s) + 1 for s in sources]
-        lens_out = [len(t) + 1 for t in outputs]
-        copied = total = 0
-        for idx in bucket_batches(lens_src, lens_out, self.valid_batch_tokens, shuffle=False):
-            batch = collate([sources[i][:limit] for i in idx], [outputs[i][:limit] for i in idx]).to(self.device)
-            with self._autocast():
-                c, t = self.model.copy_share(batch.src, batch.prev_tokens, batch.target)
-            copied, total = copied + c, total + t
-        return copied / max(total, 1)
 
     def _validate_and_save(self, plan_length: int) -> bool:
         """Validate (rank 0; the others wait), keep best and last; True when patience has run out."""
@@ -468,46 +355,14 @@ class Trainer:
         metrics row ({"averaged": score, "best_single": score, "best_is": "averaged" | "single", ...})."""
         row = None
         if self.dist.is_main:
-            row = self._average_and_compare()
+            row = average_and_compare(self.model, self.checkpoints, self.opts.average_last, self.opts.valid_metric,
+                                      self.best_score, self.epoch, self.validate)
+            if row is not None:
+                row["step"] = self.step
+                if row["best_is"] == "averaged":
+                    self.best_score = row["averaged"]
+                self._metrics(row)
         return distributed.broadcast_object(row, self.dist)
-
-    def _average_and_compare(self) -> dict | None:
-        n, metric = self.opts.average_last, self.opts.valid_metric
-        paths = step_checkpoints(self.checkpoints)[-n:]
-        if not paths:
-            log.warning("trainer.average_last=%d: no step checkpoints in %s, nothing to average", n, self.checkpoints)
-            return None
-        if len(paths) < n:
-            log.warning("trainer.average_last=%d: the run wrote only %d step checkpoint(s) (one per validation); "
-                        "averaging those", n, len(paths))
-        averaged = average_checkpoints(paths)
-        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        try:
-            self.model.load_state_dict(averaged["model"])
-            valid = self.validate()
-        finally:
-            self.model.load_state_dict(trained)
-        score, single = valid[f"valid_{metric}"], self.best_score
-        better = (lambda a, b: a > b) if higher_is_better(metric) else (lambda a, b: a < b)
-        wins = single is None or better(score, single)
-        averaged.update(epoch=self.epoch, valid_metric=metric, valid_score=score, best_score=score)
-        save_checkpoint(averaged, self.checkpoints / "averaged.pt")
-        if wins:
-            save_checkpoint(averaged, self.checkpoints / "best.pt")
-            self.best_score = score
-            # last.pt carries the best score on: a resumed run replaces best.pt only with something better
-            last = load_checkpoint(self.checkpoints / "last.pt")
-            last["best_score"] = score
-            save_checkpoint(last, self.checkpoints / "last.pt")
-        steps = [int(p.stem[5:]) for p in paths]
-        row = {"step": self.step, "valid_metric": metric, "averaged": score, "best_single": single,
-               "best_is": "averaged" if wins else "single", "averaged_steps": steps,
-               "averaged_valid_nll": valid["valid_nll"], "averaged_valid_seconds": valid["valid_seconds"]}
-        self._metrics(row)
-        log.info("averaged step checkpoints %s into %s: %s %.2f vs best single checkpoint %s; best.pt is the %s",
-                 ", ".join(map(str, steps)), self.checkpoints / "averaged.pt", metric, score,
-                 "none" if single is None else f"{single:.2f}", "average" if wins else "best single checkpoint")
-        return row
 
     # ---------------------------------------------------------------- loop
     def _stop_reason(self) -> str | None:
@@ -555,7 +410,7 @@ class Trainer:
                 log.error("rank %d: a collective operation failed at step %d (%s). Another rank has probably "
                           "died, been killed or hung past dist.timeout_minutes; its log shows the cause.",
                           self.dist.rank, self.step, first)
-                raise distributed.PeerFailure(f"rank {self.dist.rank} lost its peers at step {self.step}: {first}") \
+                raise PeerFailure(f"rank {self.dist.rank} lost its peers at step {self.step}: {first}") \
                     from err
             raise
         finally:
@@ -564,12 +419,28 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
 
+    def _log_window(self, window: dict, bar, bar_shown: bool) -> None:
+        """The metrics row of the last trainer.log_every updates: to metrics.jsonl and TensorBoard, and to the
+        progress bar on a terminal or, with trainer.progress and no terminal, one line of the log."""
+        tps = window["tokens"] / max(window["time"], 1e-9)
+        row = {"step": self.step, "epoch": self.epoch, "loss": window["loss"] / window["tokens"],
+               "nll": window["nll"] / window["tokens"], "lr": self.optimizer.param_groups[0]["lr"],
+               "tokens_per_s": tps, "elapsed": self._elapsed()}
+        if self.budget.adapts:
+            row["position"] = self.position
+        if window["coverage"]:
+            row["coverage"] = window["coverage"] / window["tokens"]
+        self._metrics(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:.0f}")
+        if self.opts.progress and not bar_shown and self.dist.is_main:
+            log.info("step %d | loss %.3f | lr %.2e | %.0f tokens/s", self.step, row["loss"], row["lr"], tps)
+
     def _loop(self) -> dict:
         o = self.opts
-        from tqdm import tqdm
-
-        bar = tqdm(total=o.max_steps or None, initial=self.step, disable=not (self.dist.is_main and o.progress),
-                   unit="step", dynamic_ncols=True, mininterval=1.0)
+        # a progress bar on a terminal only; in a log file (stderr redirected) one line every log_every steps
+        bar_shown = self.dist.is_main and o.progress and sys.stderr.isatty()
+        bar = tqdm(total=o.max_steps or None, initial=self.step, disable=not bar_shown, unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
         empty_window = {"loss": 0.0, "nll": 0.0, "coverage": 0.0, "tokens": 0, "time": 0.0}
         window = dict(empty_window)
         total_tokens, train_seconds = 0, 0.0
@@ -587,29 +458,16 @@ class Trainer:
                 t0 = time.time()
                 stats = self._train_step(group)
                 updated = stats.updated
-                dt = time.time() - t0
-                self.step_seconds = dt
+                self.step_seconds = dt = time.time() - t0
                 self.batch_in_epoch += len(group)
                 if updated:
-                    window["loss"] += stats.loss
-                    window["nll"] += stats.nll
-                    window["coverage"] += stats.coverage
-                    window["tokens"] += stats.tokens
+                    for key in ("loss", "nll", "coverage", "tokens"):
+                        window[key] += getattr(stats, key)
                     window["time"] += dt
-                    total_tokens += stats.tokens
-                    train_seconds += dt
+                    total_tokens, train_seconds = total_tokens + stats.tokens, train_seconds + dt
                     bar.update(1)
                     if self.step % o.log_every == 0:
-                        tps = window["tokens"] / max(window["time"], 1e-9)
-                        row = {"step": self.step, "epoch": self.epoch, "loss": window["loss"] / window["tokens"],
-                               "nll": window["nll"] / window["tokens"], "lr": self.optimizer.param_groups[0]["lr"],
-                               "tokens_per_s": tps, "elapsed": self._elapsed()}
-                        if self.budget.adapts:
-                            row["position"] = self.position
-                        if window["coverage"]:
-                            row["coverage"] = window["coverage"] / window["tokens"]
-                        self._metrics(row)
-                        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:.0f}")
+                        self._log_window(window, bar, bar_shown)
                         window = dict(empty_window)
                 reason = self._agreed_stop_reason()
                 if reason is None and updated and self.position >= self.next_validation - 1e-9:
@@ -631,15 +489,20 @@ class Trainer:
         elif validated_at != self.step:
             self._validate_and_save(len(plan))
         log.info("training stopped: %s", reason)
+        summary = self._summary(reason, total_tokens / max(train_seconds, 1e-9))
+        self._metrics({**summary, "final": True})
+        return summary
+
+    def _summary(self, reason: str, tokens_per_s: float) -> dict:
+        """What fit() returns (and the metrics' final row), after trainer.average_last's averaging."""
+        o = self.opts
         averaging = None
         if o.average_last and self.stop_signal is None:  # a signalled run is unfinished: it averages when resumed
             averaging = self.average_last_checkpoints()
-        tps = total_tokens / max(train_seconds, 1e-9)
         summary = {"step": self.step, "epoch": self.epoch, f"best_valid_{o.valid_metric}": self.best_score,
-                   "train_tokens_per_s": tps, "elapsed": self._elapsed(), "stop_reason": reason,
+                   "train_tokens_per_s": tokens_per_s, "elapsed": self._elapsed(), "stop_reason": reason,
                    "final_lr": self.lr, "position": self.position, "setup": self.setup,
                    "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None}
         if averaging is not None:
             summary["averaging"] = averaging
-        self._metrics({**summary, "final": True})
         return summary

@@ -1,15 +1,20 @@
 """How the four commands report errors: one line on stderr, `seq2seq-<command>: error: <message>`.
 
-Every entry point is built the same way::
+Every entry point (seq2seq.cli.<command>, the console scripts) is built the same way::
 
     COMMAND = Command("decode")
 
     @hydra.main(...)
     @COMMAND.task
-    def _hydra_main(cfg): ...
+    def _hydra_main(cfg):
+        from seq2seq.decode import decode  # lazy: --help and config errors answer without importing torch
+        decode(cfg)
 
     def main():
         COMMAND.run(_hydra_main)
+
+The work itself lives in seq2seq.train, seq2seq.decode, seq2seq.score, seq2seq.average, seq2seq.export and
+seq2seq.serve; `python -m seq2seq.<command>` runs the same entry point.
 
 Exit codes:
 
@@ -40,10 +45,18 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf import errors as oc
+
+from seq2seq.config import config_dir
+from seq2seq.errors import CheckpointError, PeerFailure
+
 FULL_ERROR = "HYDRA_FULL_ERROR"
 USAGE = 2    # exit code of a usage or input error
 FAILURE = 1  # exit code of a known failure during the work
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # seq2seq/
 
 
 def full_error_wanted() -> bool:
@@ -81,9 +94,6 @@ class Command:
 
     def run(self, hydra_main: Callable[[], Any]) -> Any:
         """Call the @hydra.main function; config composition errors become one line and exit code 2."""
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
         self._full = full_error_wanted()
         if self._full:
             return hydra_main()
@@ -93,7 +103,7 @@ class Command:
         try:
             return hydra_main()
         except Exception as err:
-            if self._task_started or not isinstance(err, (HydraException, OmegaConfBaseException, ValueError)):
+            if self._task_started or not isinstance(err, (HydraException, oc.OmegaConfBaseException, ValueError)):
                 raise  # an unexpected error (a bug), or one the task function let through: full traceback
             self.fail(err, USAGE)
         finally:
@@ -115,10 +125,6 @@ class Command:
 def check_root_keys(cfg, name: str) -> None:
     """Refuse a top-level key that the command's config (conf/<name>.yaml and its groups) does not
     have, e.g. one added with +key=...; keys inside the groups are checked where each group is used."""
-    from omegaconf import OmegaConf
-
-    from seq2seq.config import config_dir
-
     primary = OmegaConf.load(Path(config_dir()) / f"{name}.yaml")
     known = {k for k in primary if k not in ("defaults", "hydra")}
     for entry in primary.get("defaults", []):
@@ -132,11 +138,6 @@ def check_root_keys(cfg, name: str) -> None:
 
 def exit_code(err: BaseException) -> int | None:
     """USAGE or FAILURE for an expected error raised while a command works; None for an unexpected one."""
-    from omegaconf import errors as oc
-
-    from seq2seq.training.checkpoint import CheckpointError
-    from seq2seq.training.distributed import PeerFailure
-
     if isinstance(err, (CheckpointError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                         UnicodeDecodeError, oc.MissingMandatoryValue, oc.InterpolationResolutionError,
                         oc.ValidationError, oc.KeyValidationError, oc.ConfigValueError, oc.GrammarParseError)):
@@ -167,11 +168,9 @@ def one_line(err: BaseException) -> str:
     (OmegaConf's full_key/object_type) are dropped, except a list under a line that ends with ':',
     which is joined into it (but not Hydra's config search path); a Hydra error adds the first line
     of its OmegaConf cause."""
-    from omegaconf.errors import OmegaConfBaseException
-
     parts = _message_parts(str(err))
     cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+    if isinstance(cause, oc.OmegaConfBaseException) and str(cause).strip():
         parts.append(_message_parts(str(cause))[0])
     message = " ".join(p if p.endswith((".", ":", ";", "!", "?")) or i == len(parts) - 1 else p + "."
                        for i, p in enumerate(parts))
@@ -194,3 +193,11 @@ def _message_parts(text: str) -> list[str]:
         parts.append(line.strip())
         listing = False
     return parts or [text.strip()]
+
+
+def command_line_overrides(generation: dict | None = None) -> list[str]:
+    """The command line's overrides (Hydra's task overrides). Called without Hydra (from Python), every key of
+    `generation` counts as set on the command line (generation.<key>)."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return [f"generation.{key}" for key in generation or {}]

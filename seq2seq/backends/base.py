@@ -1,0 +1,36 @@
+"""What every decoding backend offers (`Backend`) and what it is told (`BackendSettings`)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.generation.options import GenerationOptions, Hypothesis
+
+
+class Backend(Protocol):
+    name: str
+    tokenizer: Tokenizer
+    checkpoint: Path      # the file (or exported folder) the outputs come from
+    max_positions: int    # longest source (EOS included) the model reads; longer ones are truncated
+    model: torch.nn.Module | None  # this project's model where the backend has one (attention reports)
+
+    def decode(self, src_ids: list[list[int]], opts: GenerationOptions, *, need_attention: bool = False,
+               progress=None) -> list[list[Hypothesis]]:
+        """Hypotheses (best first) of every source, in input order; an empty source gives one empty hypothesis."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    """How to decode, as seq2seq-decode's config says it (each backend refuses what it cannot honour)."""
+
+    name: str = "torch"
+    checkpoint: str = "best"
+    device: torch.device = torch.device("cpu")
+    batch_tokens: int = 6000
+    precision: str = "auto"          # torch: auto | fp32 | bf16 (seq2seq.training.precision)
+    kernels: dict | None = None      # torch, on a CPU: kernels.linear, onednn_cache_capacity, cache_dir
+    compute_type: str = "default"    # ctranslate2: int8 | int8_float32 | float32 | ...

@@ -1,0 +1,67 @@
+"""The PyTorch backend: this project's own search (seq2seq.generation) over a run's checkpoint, on the host's
+kernels and, where precision=auto measured it faster, in bf16 autocast."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from seq2seq.backends.base import BackendSettings
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.generation.decoding import decode_ids
+from seq2seq.generation.options import GenerationOptions, Hypothesis
+from seq2seq.models.model import AttentionChoice, EncoderDecoder
+from seq2seq.runs import RunFolder
+from seq2seq.training import precision
+
+DEFAULT_KERNELS = {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}
+
+
+def random_sample(vocab_size: int, sentences: int = 16, length: int = 20) -> list[list[int]]:
+    """Source ids to time decoding with when no input is known yet (the server at start-up)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(4, max(vocab_size, 5), (sentences, length), generator=g).tolist()
+
+
+@dataclasses.dataclass
+class TorchBackend:
+    model: EncoderDecoder
+    tokenizer: Tokenizer
+    checkpoint: Path
+    device: torch.device
+    batch_tokens: int
+    amp: torch.dtype | None = None  # the autocast dtype of decoding (None: fp32)
+    name: str = "torch"
+
+    @property
+    def max_positions(self) -> int:
+        return self.model.max_positions
+
+    @classmethod
+    def open(cls, run: RunFolder, settings: BackendSettings, opts: GenerationOptions, *, need_attention: bool,
+             sample_texts: list[str] | None, generation: dict, label: str) -> "TorchBackend":
+        if settings.compute_type != "default":
+            raise ValueError(f"compute_type={settings.compute_type} is for backend=ctranslate2; backend=torch "
+                             f"decodes in the checkpoint's precision (precision=auto|fp32|bf16)")
+        precision.check_decoding(settings.precision)
+        model, tokenizer, path = run.load(settings.checkpoint, settings.device)
+        if need_attention:
+            model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
+        if sample_texts is None:
+            sample = random_sample(tokenizer.src_vocab_size)
+        else:
+            sample = tokenizer.encode_src([t for t in sample_texts if t.strip()][:32])
+        amp = precision.decoding_paths(
+            model, sample, opts, settings.device, requested=settings.precision,
+            kernels=settings.kernels or DEFAULT_KERNELS, batch_tokens=settings.batch_tokens, checkpoint=path,
+            settings=generation, what=label)
+        return cls(model, tokenizer, path, settings.device, settings.batch_tokens, amp)
+
+    def decode(self, src_ids: list[list[int]], opts: GenerationOptions, *, need_attention: bool = False,
+               progress=None) -> list[list[Hypothesis]]:
+        autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
+        with autocast:
+            return decode_ids(self.model, src_ids, opts, batch_tokens=self.batch_tokens, device=self.device,
+                              need_attention=need_attention, progress=progress)

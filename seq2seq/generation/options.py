@@ -1,0 +1,122 @@
+"""What a search is asked for (GenerationOptions: the generation config group) and what it returns
+(Hypothesis), with the length bounds every strategy and backend shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from seq2seq.data.tokenizer import PAD
+from seq2seq.models.model import AttentionChoice
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]          # target ids, without BOS and EOS
+    logprob: float             # true log-probability of tokens + EOS under the model (no penalties)
+    score: float               # logprob / (len(tokens) + 1) ** len_penalty (+ the coverage penalty): what ranks
+    attention: torch.Tensor | None = field(default=None, repr=False)  # [len(tokens) + 1, source length]
+
+
+@dataclass
+class GenerationOptions:
+    strategy: str = "beam"
+    beam_size: int = 5
+    nbest: int = 1
+    len_penalty: float = 1.0
+    min_len: int = 1
+    min_len_a: float = 0.0         # min length also >= floor(min_len_a * source length) (capped at the max)
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    max_len: int = 512
+    no_repeat_ngram_size: int = 0  # never emit an n-gram already in the hypothesis (0 = off)
+    repetition_penalty: float = 1.0  # log-prob of tokens already in the hypothesis times this (1 = off)
+    coverage_penalty: float = 0.0  # beta of Wu et al. (2016), beam search only (0 = off)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    print_alignment: bool = False  # seq2seq-decode: hard alignments as an extra column
+    attention_layer: int = -1      # which decoder layer's attention seq2seq-decode shows (-1 = last)
+    attention_head: int = -1       # which head (-1 = mean over heads)
+
+    def __post_init__(self):
+        if self.strategy not in ("beam", "greedy", "sampling"):
+            raise ValueError(f"generation.strategy must be beam, greedy or sampling, not '{self.strategy}'")
+        if self.beam_size < 1:
+            raise ValueError(f"generation.beam_size={self.beam_size} must be at least 1")
+        if self.strategy == "beam" and not 1 <= self.nbest <= self.beam_size:
+            raise ValueError(f"generation.nbest={self.nbest} must be between 1 and generation.beam_size={self.beam_size}")
+        if self.strategy == "greedy" and self.nbest != 1:
+            raise ValueError("greedy decoding gives one hypothesis: set generation.nbest=1 or use beam search")
+        if self.strategy == "sampling" and self.nbest < 1:
+            raise ValueError(f"generation.nbest={self.nbest} must be at least 1 (samples per input)")
+        if self.max_len < 1:
+            raise ValueError(f"generation.max_len={self.max_len} must be at least 1")
+        if self.min_len > self.max_len:
+            raise ValueError(f"generation.min_len={self.min_len} is more than generation.max_len={self.max_len}: "
+                             f"no hypothesis could satisfy both")
+        if self.min_len_a < 0:
+            raise ValueError(f"generation.min_len_a={self.min_len_a} must not be negative")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"generation.no_repeat_ngram_size={self.no_repeat_ngram_size} must not be negative "
+                             f"(0 turns n-gram blocking off)")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"generation.repetition_penalty={self.repetition_penalty} must be positive "
+                             f"(1.0 = off, above 1 discourages repeats)")
+        if self.coverage_penalty < 0:
+            raise ValueError(f"generation.coverage_penalty={self.coverage_penalty} must not be negative (0 = off)")
+        if self.coverage_penalty > 0 and self.strategy != "beam":
+            raise ValueError(f"generation.coverage_penalty={self.coverage_penalty} ranks finished beam hypotheses and "
+                             f"needs generation.strategy=beam, not {self.strategy}; set generation.coverage_penalty=0")
+        if self.temperature <= 0:
+            raise ValueError(f"generation.temperature={self.temperature} must be positive")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"generation.top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"generation.top_k={self.top_k} must not be negative (0 = no cutoff)")
+
+    @property
+    def penalised(self) -> bool:
+        """Whether the search explores with scores other than the model's log-probabilities."""
+        return self.no_repeat_ngram_size > 0 or self.repetition_penalty != 1.0
+
+
+def _source_lengths(src: torch.Tensor) -> torch.Tensor:
+    return (src.ne(PAD).sum(dim=1) - 1).float()  # the source's EOS does not count
+
+
+def length_limits(src: torch.Tensor, opts: GenerationOptions, max_positions: int) -> torch.Tensor:
+    """Most target tokens (EOS excluded) allowed per sentence: a * source length + b, capped."""
+    return _limits(_source_lengths(src), opts, max_positions)
+
+
+def length_bounds(src: torch.Tensor, opts: GenerationOptions, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fewest, most) target tokens (EOS excluded) per sentence: the fewest is
+    max(min_len, floor(min_len_a * source length)), capped at that sentence's most."""
+    return _bounds(_source_lengths(src), opts, max_positions)
+
+
+def source_length_bounds(length: int, opts: GenerationOptions, max_positions: int) -> tuple[int, int]:
+    """length_bounds of one source of `length` pieces (EOS excluded), as ints (another backend's limits)."""
+    least, most = _bounds(torch.tensor([float(length)]), opts, max_positions)
+    return int(least[0]), int(most[0])
+
+
+def _limits(lengths: torch.Tensor, opts: GenerationOptions, max_positions: int) -> torch.Tensor:
+    limit = (opts.max_len_a * lengths + opts.max_len_b).floor().long()
+    return limit.clamp(min=max(opts.min_len, 1), max=min(opts.max_len, max_positions - 1))
+
+
+def _bounds(lengths: torch.Tensor, opts: GenerationOptions, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    limits = _limits(lengths, opts, max_positions)
+    least = (opts.min_len_a * lengths).floor().long().clamp(min=opts.min_len)
+    return torch.minimum(least, limits), limits
+
+
+def attention_report(opts: GenerationOptions, need_attention: bool) -> AttentionChoice | None:
+    """The attention the caller wants with each hypothesis (generation.attention_layer / attention_head)."""
+    return AttentionChoice(opts.attention_layer, opts.attention_head) if need_attention else None
+
+
+def scored_hypothesis(tokens: list[int], logprob: float, len_penalty: float, attention, penalty: float = 0.0) -> Hypothesis:
+    return Hypothesis(tokens, logprob, logprob / (len(tokens) + 1) ** len_penalty + penalty, attention)
