@@ -4,10 +4,11 @@ Systems, all in this process on the same threads, over the same sources (test_20
 sentences), the same length limits (the run's generation settings: max_len_a * source length +
 max_len_b) and the same length penalty:
   ours beam 5 / ours greedy        seq2seq's search (what seq2seq-decode runs)
-  HF beam 5 / HF greedy            `generate` of the Hugging Face export (seq2seq.export.huggingface_model,
+  HF beam 5 / HF greedy            `generate` of the Hugging Face export (seq2seq.export.huggingface.huggingface_model,
                                    the exact same weights), fed our SentencePiece ids
   CT2 f32 / CT2 int8 beam 5        CTranslate2 through the export seq2seq-decode backend=ctranslate2 uses
-  CT2 f32 greedy                   (its outputs are compared with ours greedy)
+  CT2 f32 greedy                   (its outputs are compared with ours greedy); each translator is loaded once,
+                                   outside the timed rounds (before 2026-12-03 every round loaded it again)
 Rounds alternate the systems (--rounds, at least 3) and the table reports each system's median
 time; outputs come from the first round. Columns: sentences/s, target tokens/s (our SentencePiece
 pieces of the outputs, EOS excluded), sacreBLEU against the references, and the share of outputs

@@ -1,5 +1,5 @@
 """The matrix products of a Transformer training step on PyTorch's two CPU kernels: MKL (`torch.mm`,
-what `nn.Linear` uses) against oneDNN (seq2seq/models/gemm.py, what this project's layers use).
+what `nn.Linear` uses) against oneDNN (seq2seq/models/kernels/gemm.py, what this project's layers use).
 
 For each product of the Multi30k Transformer (d 256, FFN 1024, 8k vocabulary) at the recipe's batch
 of 2,048 rows, the forward product, the input gradient and the weight gradient, alternating rounds,
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from seq2seq.models import gemm
+from seq2seq.models.kernels import gemm
 
 SHAPES = [("attention q, k, v", 256, 768), ("attention output", 256, 256), ("feed-forward in", 256, 1024),
           ("feed-forward out", 1024, 256), ("output layer (512-row chunk)", 256, 8000)]

@@ -31,7 +31,7 @@ from seq2seq.data.prepare import prepare_data
 from seq2seq.data.tokenizer import BOS, EOS, PAD
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.generation.search import generate
-from seq2seq.models import gemm
+from seq2seq.models.kernels import gemm
 from seq2seq.models.model import build_model
 
 DIM, LAYERS, HEADS, FFN = 256, 3, 4, 1024
@@ -59,7 +59,7 @@ def marian(vocab: int):
 
 
 def ours_loss(model, batch):
-    return model(batch.src, batch.prev_tokens, batch.target, 0.1).loss
+    return model(batch.src, batch.prev_tokens, batch.target, label_smoothing=0.1).loss
 
 
 def marian_loss(model, batch):

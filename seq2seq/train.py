@@ -21,7 +21,7 @@ from seq2seq.config import check_keys, options_from, setup_logging, to_dict
 from seq2seq.data.prepare import filter_training_pairs, prepare_data
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.host import resolve_device, set_threads
-from seq2seq.models import gemm
+from seq2seq.models.kernels import gemm
 from seq2seq.models.model import build_model
 from seq2seq.training import distributed
 from seq2seq.training.optim import build_schedule
@@ -98,7 +98,7 @@ def _open_run_folder(cfg: DictConfig, run_dir: Path, dist, device) -> None:
 
 
 def configure_kernels(kernels, model, device, batch_tokens: int, dist=None) -> dict:
-    """kernels.linear for this process (seq2seq.models.gemm): on a CPU, auto times the model's product shapes
+    """kernels.linear for this process (seq2seq.models.kernels.gemm): on a CPU, auto times the model's product shapes
     at a training chunk (up to 256 rows) and a decoding step's size (32 rows); every rank takes rank 0's plan."""
     if device.type != "cpu":
         return {"choice": f"torch ({device.type})"}

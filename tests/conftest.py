@@ -13,7 +13,7 @@ from helpers.models import TOY_SYMBOLS, train_toy_model, transformer_config
 
 # In-process tests run the products on oneDNN where it works (what kernels.linear=onednn configures; a
 # process that configures nothing uses MKL), as the suite did before the kernel plan was configurable.
-from seq2seq.models import gemm  # noqa: E402
+from seq2seq.models.kernels import gemm  # noqa: E402
 from seq2seq.models.model import build_model  # noqa: E402
 
 gemm.configure("onednn")

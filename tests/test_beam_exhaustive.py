@@ -44,7 +44,7 @@ def exhaustive(model, src: torch.Tensor, opts: GenerationOptions) -> dict[tuple,
                 continue
             prev = torch.tensor([[BOS, *tokens]])
             with torch.no_grad():
-                logp = model(src, prev).log_softmax(-1)[0]
+                logp = model.scores(src, prev).log_softmax(-1)[0]
             logprob = logp.gather(1, torch.tensor([*tokens, EOS])[:, None]).sum().item()
             out[tokens] = (logprob, logprob / (length + 1) ** opts.len_penalty)
     return out

@@ -24,7 +24,7 @@ def test_override_after_recipe_reaches_the_module():
                    "model.dropout=0.3")
     model = build_model(to_dict(cfg.model), 100, 100)
     assert len(model.encoder.layers) == 2
-    assert model.decoder.layers[0].ffn[0].out_features == 96
+    assert model.decoder.layers[0].ffn.up.out_features == 96
     assert model.encoder.dropout.p == 0.3
     assert model.encoder.embed is model.decoder.embed  # shared vocabulary, shared embedding
     assert model.output_layer.weight is model.decoder.embed.weight

@@ -81,7 +81,7 @@ def test_pointer_generator_is_a_distribution(config):
     model = build_model(config, VOCAB, VOCAB).eval()
     batch = batch_of(copy_task(6, seed=3, names=True))
     with torch.no_grad():
-        logp = model(batch.src, batch.prev_tokens)
+        logp = model.scores(batch.src, batch.prev_tokens)
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(logp.shape[:2]), atol=1e-5, rtol=0)
 
 
@@ -99,9 +99,9 @@ def test_p_gen_zero_is_the_scattered_attention_and_one_the_softmax(config):
         softmax = torch.log_softmax(out.features @ pg.vocab.weight.t(), dim=-1)
         pg.gate.weight.zero_()
         pg.gate.bias.fill_(-1e4)  # p_gen = 0, and saturated: no NaN
-        only_copy = model(batch.src, batch.prev_tokens)
+        only_copy = model.scores(batch.src, batch.prev_tokens)
         pg.gate.bias.fill_(1e4)   # p_gen = 1
-        only_generate = model(batch.src, batch.prev_tokens)
+        only_generate = model.scores(batch.src, batch.prev_tokens)
     torch.testing.assert_close(only_copy.exp(), scattered, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(only_generate, softmax, atol=1e-5, rtol=1e-5)
     assert torch.isfinite(only_generate).all()
@@ -115,7 +115,7 @@ def test_saturated_p_gen_gives_finite_loss_and_gradients():
         with torch.no_grad():
             model.output_layer.gate.bias.fill_(bias)
         model.zero_grad()
-        out = model(batch.src, batch.prev_tokens, batch.target, 0.1)
+        out = model(batch.src, batch.prev_tokens, batch.target, label_smoothing=0.1)
         out.loss.backward()
         assert torch.isfinite(out.loss)
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -128,11 +128,11 @@ def test_chunked_copy_loss_equals_plain_autograd(config):
     model = build_model(config, VOCAB, VOCAB)
     model.output_layer.chunk = 5  # several chunks, the last one partial
     batch = batch_of(copy_task(7, seed=6, names=True))
-    out = model(batch.src, batch.prev_tokens, batch.target, 0.1, coverage_weight=0.5)
+    out = model(batch.src, batch.prev_tokens, batch.target, label_smoothing=0.1, coverage_loss_weight=0.5)
     out.loss.backward()
     chunked = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    logp = model(batch.src, batch.prev_tokens)
+    logp = model.scores(batch.src, batch.prev_tokens)
     mask = batch.target.ne(PAD)
     reference = torch.nn.functional.nll_loss(logp[mask], batch.target[mask], reduction="sum")
     smooth = -logp[mask].mean(-1).sum()
@@ -222,7 +222,7 @@ def test_before_the_coverage_phase_the_score_leaves_coverage_out_as_a_zero_cover
     model = build_model(rnn_copy_config(coverage=True, timing="current"), VOCAB, VOCAB)
     batch = batch_of(copy_task(6, seed=3, names=False))
     w_c = model.decoder.attention.coverage_proj
-    before = model(batch.src, batch.prev_tokens, batch.target, 0.1, 0.0, coverage=False)
+    before = model(batch.src, batch.prev_tokens, batch.target, label_smoothing=0.1, coverage_vector=False)
     before.loss.backward()
     assert w_c.grad is None
     model.zero_grad()
@@ -232,7 +232,7 @@ def test_before_the_coverage_phase_the_score_leaves_coverage_out_as_a_zero_cover
         left_out = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=False)
         torch.testing.assert_close(read.features, left_out.features, atol=1e-6, rtol=1e-5)  # w_c = 0
         torch.testing.assert_close(read.attention, left_out.attention, atol=1e-6, rtol=1e-5)
-    during = model(batch.src, batch.prev_tokens, batch.target, 0.1, 0.5)
+    during = model(batch.src, batch.prev_tokens, batch.target, label_smoothing=0.1, coverage_loss_weight=0.5)
     during.loss.backward()
     assert w_c.grad is not None and float(w_c.grad.abs().sum()) > 0
     torch.testing.assert_close(during.nll, before.nll)  # same model so far: only the loss term was added
@@ -248,7 +248,7 @@ def test_copy_model_step_by_step_equals_teacher_forcing(kind):
     model = trained(kind)
     batch = batch_of(copy_task(5, seed=8, names=True))
     with torch.no_grad():
-        full = model(batch.src, batch.prev_tokens)
+        full = model.scores(batch.src, batch.prev_tokens)
         state = model.init_state(model.encode(batch.src))
         for t in range(batch.prev_tokens.size(1)):
             logp, state, _ = model.step(batch.prev_tokens[:, t], state)
@@ -267,7 +267,7 @@ def test_copy_model_beam_one_is_greedy_and_beam_scores_are_forced_scores(kind):
     for row, hyps in enumerate(results):
         for h in hyps:
             with torch.no_grad():
-                logp = model(src[row : row + 1], torch.tensor([[BOS] + h.tokens]))[0]
+                logp = model.scores(src[row : row + 1], torch.tensor([[BOS] + h.tokens]))[0]
             forced = logp.gather(1, torch.tensor(h.tokens + [EOS])[:, None]).sum().item()
             assert h.logprob == pytest.approx(forced, abs=1e-3)
 

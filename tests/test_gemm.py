@@ -1,4 +1,4 @@
-"""The oneDNN matrix products (seq2seq/models/gemm.py) against float64 references, and when they are used."""
+"""The oneDNN matrix products (seq2seq/models/kernels/gemm.py) against float64 references, and when they are used."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.models import gemm
-from seq2seq.models.gemm import Linear, linear, mm_nn, mm_nt, mm_tn
+from seq2seq.models.kernels import gemm
+from seq2seq.models.kernels.gemm import Linear, linear, mm_nn, mm_nt, mm_tn
 from seq2seq.models.model import DecoderOut, OutputSizes
 from seq2seq.models.output import OutputLayer, smoothed_nll
 
@@ -147,8 +147,8 @@ def test_memory_stays_bounded_over_many_batch_shapes():
 
     script = """
 import os, sys, torch
-from seq2seq.models import gemm
-from seq2seq.models.gemm import Linear
+from seq2seq.models.kernels import gemm
+from seq2seq.models.kernels.gemm import Linear
 assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # nothing is set at import
 gemm.configure("onednn", cache_capacity=16)
 assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == os.environ["LRU_CACHE_CAPACITY"] == "16"

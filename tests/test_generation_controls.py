@@ -44,7 +44,7 @@ def forced_logprob(model, src_row: torch.Tensor, tokens: list[int]) -> float:
     prev = torch.tensor([[BOS] + tokens])
     target = torch.tensor(tokens + [EOS])
     with torch.no_grad():
-        logp = model(src_row, prev).log_softmax(-1)[0]
+        logp = model.scores(src_row, prev).log_softmax(-1)[0]
     return logp.gather(1, target[:, None]).sum().item()
 
 

@@ -1,4 +1,4 @@
-"""What the entry points choose on the host: the kernel plan (kernels.linear, seq2seq/models/gemm.py) from a
+"""What the entry points choose on the host: the kernel plan (kernels.linear, seq2seq/models/kernels/gemm.py) from a
 calibration, its cache and the oneDNN check's fallback; trainer.precision=auto (seq2seq/training/precision.py)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 from helpers.models import transformer_config
 from helpers.training import make_trainer
-from seq2seq.models import gemm
-from seq2seq.models.gemm import Linear
+from seq2seq.models.kernels import gemm
+from seq2seq.models.kernels.gemm import Linear
 from seq2seq.models.model import build_model
 from seq2seq.training import precision
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "seq2seq"
 MAX_FILE, MAX_FUNCTION = 350, 60
 
@@ -24,3 +26,10 @@ def test_modules_and_functions_are_small_or_say_why():
                 if size > MAX_FUNCTION and not any("# long:" in line for line in top):
                     too_long.append(f"{name}:{node.lineno} {node.name}: {size} lines")
     assert not too_long, "over the size limits without a '# long: <reason>':\n" + "\n".join(too_long)
+
+
+def test_every_package_is_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()

@@ -332,7 +332,7 @@ def test_each_variant_learns_to_copy(variant):
     test = copy_pairs(200, seed=99)
     batch = collate([s for s, _ in test], [t for _, t in test])
     with torch.no_grad():
-        predicted = model(batch.src, batch.prev_tokens).argmax(-1)
+        predicted = model.scores(batch.src, batch.prev_tokens).argmax(-1)
     real = batch.target.ne(PAD)
     token_accuracy = float((predicted.eq(batch.target) & real).sum()) / float(real.sum())
     hyps = generate(model, pad_source([s for s, _ in test]), GenerationOptions(strategy="greedy", beam_size=1))
@@ -366,7 +366,7 @@ def test_beam_logprob_equals_forced_decoding(variant):
         assert len(hyps) == 4
         batch = collate([src] * len(hyps), [h.tokens for h in hyps])
         with torch.no_grad():
-            logp = model(batch.src, batch.prev_tokens).float().log_softmax(-1)
+            logp = model.scores(batch.src, batch.prev_tokens).float().log_softmax(-1)
         forced = logp.gather(2, batch.target[:, :, None])[:, :, 0].masked_fill(batch.target.eq(PAD), 0).sum(1)
         for h, f in zip(hyps, forced.tolist()):
             assert abs(h.logprob - f) < 1e-4
@@ -511,3 +511,11 @@ def test_decode_writes_heatmaps_weights_and_alignments(tmp_path):
         pairs = [tuple(map(int, p.split("-"))) for p in out[r["index"]].split("\t")[1].split()]
         assert all(0 <= i < len(r["source"]) - 1 and 0 <= j < len(r["target"]) - 1 for i, j in pairs)
         assert png_size(tmp_path / "attn" / f"{r['index']:06d}.png")[0] > 0
+
+
+def test_a_module_without_the_rnn_attention_contract_is_refused():
+    """RNNDecoder checks its attention against seq2seq.models.rnn_attention.RNNAttention when it is built."""
+    cfg = rnn_config("luong_general")
+    cfg["attention"] = {"_target_": "torch.nn.Identity"}
+    with pytest.raises(ValueError, match=r"Identity is not an RNN attention .*query_timing previous\|current"):
+        build_model(cfg, 20, 20)

@@ -27,7 +27,7 @@ def test_incremental_decoding_matches_full_recomputation(toy_model):
     pairs = toy_pairs(6, seed=5)
     batch = collate([s for s, _ in pairs], [t for _, t in pairs])
     with torch.no_grad():
-        full = toy_model(batch.src, batch.prev_tokens).log_softmax(-1)
+        full = toy_model.scores(batch.src, batch.prev_tokens).log_softmax(-1)
         state = toy_model.init_state(toy_model.encode(batch.src))
         for t in range(batch.prev_tokens.size(1)):
             logp, state, _ = toy_model.step(batch.prev_tokens[:, t], state)
@@ -60,7 +60,7 @@ def test_beam_scores_equal_forced_decoding(toy_model, beam_size, len_penalty):
             prev = torch.tensor([[BOS] + h.tokens])
             target = torch.tensor(h.tokens + [EOS])
             with torch.no_grad():
-                logp = toy_model(src[row : row + 1], prev).log_softmax(-1)[0]
+                logp = toy_model.scores(src[row : row + 1], prev).log_softmax(-1)[0]
             forced = logp.gather(1, target[:, None]).sum().item()
             assert h.logprob == pytest.approx(forced, abs=1e-3)
             assert h.score == pytest.approx(h.logprob / (len(h.tokens) + 1) ** len_penalty, abs=1e-5)
@@ -128,12 +128,12 @@ def test_fused_loss_matches_plain_cross_entropy():
     model.output_layer.chunk = 7  # several chunks, one of them partial
     pairs = toy_pairs(9, seed=1)
     batch = collate([s for s, _ in pairs], [t for _, t in pairs])
-    out = model(batch.src, batch.prev_tokens, batch.target, 0.1)
+    out = model(batch.src, batch.prev_tokens, batch.target, label_smoothing=0.1)
     loss, nll = out.loss, out.nll
     loss.backward()
     fused = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    scores = model(batch.src, batch.prev_tokens)
+    scores = model.scores(batch.src, batch.prev_tokens)
     mask = batch.target.ne(0)
     ref = torch.nn.functional.cross_entropy(scores[mask], batch.target[mask], reduction="sum", label_smoothing=0.1)
     ref_nll = torch.nn.functional.cross_entropy(scores[mask], batch.target[mask], reduction="sum")

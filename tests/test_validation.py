@@ -52,7 +52,7 @@ def test_copy_share_is_logged_and_coverage_switches_on_at_its_step(corpus, tmp_p
     weights = []
     for done in range(4):  # updates done so far; the next one is number done + 1
         trainer.step, trainer.update_position = done, float(done + 1)  # steps bind: the position is the step
-        weights.append(trainer._coverage_weight())
+        weights.append(trainer._coverage_loss_weight())
     assert weights == [0.0, 0.0, 2.0, 2.0]  # updates 3 and 4 carry the coverage loss
     trainer.step = 0
     trainer.fit()

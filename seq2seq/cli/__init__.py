@@ -2,16 +2,12 @@
 
 Every entry point (seq2seq.cli.<command>, the console scripts) is built the same way::
 
-    COMMAND = Command("decode")
-
-    @hydra.main(...)
-    @COMMAND.task
-    def _hydra_main(cfg):
+    def _work(cfg):
         from seq2seq.decode import decode  # lazy: --help and config errors answer without importing torch
+
         decode(cfg)
 
-    def main():
-        COMMAND.run(_hydra_main)
+    main = entry_point("decode", _work)
 
 The work itself lives in seq2seq.train, seq2seq.decode, seq2seq.score, seq2seq.average, seq2seq.export and
 seq2seq.serve; `python -m seq2seq.<command>` runs the same entry point.
@@ -45,9 +41,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc
 
 from seq2seq.config import config_dir
@@ -120,6 +117,22 @@ class Command:
         sys.stderr.write(f"{self.prog}: error: {one_line(err)}\n")
         sys.stderr.flush()
         sys.exit(code)
+
+
+def entry_point(name: str, work: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """The main() of seq2seq-<name>: Hydra composes conf/<name>.yaml with the command line, work(cfg) runs, and
+    errors are reported as this module says."""
+    command = Command(name)
+
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=name)
+    @command.task
+    def _hydra_main(cfg: DictConfig) -> None:
+        work(cfg)
+
+    def main() -> None:
+        command.run(_hydra_main)
+
+    return main
 
 
 def check_root_keys(cfg, name: str) -> None:

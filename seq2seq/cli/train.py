@@ -12,24 +12,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seq2seq.cli import Command
-from seq2seq.config import config_dir
-
-COMMAND = Command("train")  # one-line error reports and exit codes: seq2seq.cli
+from seq2seq.cli import entry_point
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-@COMMAND.task
-def _hydra_main(cfg: DictConfig) -> None:
+def _work(cfg: DictConfig) -> None:
     from seq2seq.train import train  # lazy: --help and config errors answer without importing torch
 
     summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     if summary.get("signal"):
         sys.exit(128 + signal.Signals[summary["signal"]].value)
+
+
+_main = entry_point("train", _work)
 
 
 def main() -> None:
@@ -40,7 +37,7 @@ def main() -> None:
         scratch = Path(tempfile.gettempdir()) / f"seq2seq-hydra-scratch-{os.getuid()}"
         sys.argv = [a for a in sys.argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
-    COMMAND.run(_hydra_main)
+    _main()
 
 
 if __name__ == "__main__":

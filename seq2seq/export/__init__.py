@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from seq2seq.config import setup_logging
 from seq2seq.export.ctranslate2 import export_ctranslate2
 from seq2seq.export.huggingface import export_huggingface
 from seq2seq.export.shapes import copy_tokenizer, describe, exportable_shape, require
@@ -52,3 +53,9 @@ def export_run(run: str | Path, fmt: str, output: str | Path, checkpoint: str = 
     describe(folder, fmt, path, model, tokenizer)
     log.info("exported %s as %s into %s", path, fmt, folder)
     return folder
+
+
+def export_command(cfg) -> Path:
+    """seq2seq-export: cfg.run's cfg.checkpoint as cfg.format into cfg.output."""
+    setup_logging()
+    return export_run(cfg.run, cfg.format, cfg.output, cfg.checkpoint)

@@ -31,8 +31,8 @@ def ctranslate2_spec(model, tokenizer):
 
     def ffn(target, layer, last_norm):
         norm(target.layer_norm, last_norm)
-        linear(target.linear_0, layer.ffn[0].weight, layer.ffn[0].bias)
-        linear(target.linear_1, layer.ffn[3].weight, layer.ffn[3].bias)
+        linear(target.linear_0, layer.ffn.up.weight, layer.ffn.up.bias)
+        linear(target.linear_1, layer.ffn.down.weight, layer.ffn.down.bias)
 
     def inputs(target, module, embeddings):
         embeddings.weight = array(module.embed.weight)

@@ -32,8 +32,8 @@ def huggingface_weights(model, shape: Shape) -> dict:
         out |= _hf_attention(f"{p}.self_attn", zip(names, layer.self_attn.qkv_proj.weight.chunk(3)),
                              zip(names, layer.self_attn.qkv_proj.bias.chunk(3)), layer.self_attn.out_proj)
         out |= _hf_norm(f"{p}.self_attn_layer_norm", layer.norm1) | _hf_norm(f"{p}.final_layer_norm", layer.norm2)
-        out |= {f"{p}.fc1.weight": layer.ffn[0].weight, f"{p}.fc1.bias": layer.ffn[0].bias,
-                f"{p}.fc2.weight": layer.ffn[3].weight, f"{p}.fc2.bias": layer.ffn[3].bias}
+        out |= {f"{p}.fc1.weight": layer.ffn.up.weight, f"{p}.fc1.bias": layer.ffn.up.bias,
+                f"{p}.fc2.weight": layer.ffn.down.weight, f"{p}.fc2.bias": layer.ffn.down.bias}
     for i, layer in enumerate(dec.layers):
         p = f"model.decoder.layers.{i}"
         names = ("q", "k", "v")
@@ -46,8 +46,8 @@ def huggingface_weights(model, shape: Shape) -> dict:
                              cross.out_proj)
         out |= _hf_norm(f"{p}.self_attn_layer_norm", layer.norm1)
         out |= _hf_norm(f"{p}.encoder_attn_layer_norm", layer.norm2) | _hf_norm(f"{p}.final_layer_norm", layer.norm3)
-        out |= {f"{p}.fc1.weight": layer.ffn[0].weight, f"{p}.fc1.bias": layer.ffn[0].bias,
-                f"{p}.fc2.weight": layer.ffn[3].weight, f"{p}.fc2.bias": layer.ffn[3].bias}
+        out |= {f"{p}.fc1.weight": layer.ffn.up.weight, f"{p}.fc1.bias": layer.ffn.up.bias,
+                f"{p}.fc2.weight": layer.ffn.down.weight, f"{p}.fc2.bias": layer.ffn.down.bias}
     if shape.pre_norm:
         out |= _hf_norm("model.encoder.layer_norm", enc.final_norm)
         out |= _hf_norm("model.decoder.layer_norm", dec.final_norm)

@@ -61,7 +61,7 @@ def exportable_shape(model) -> Shape:
     tied = model.output_layer.weight is dec.embed.weight
     return Shape(dim=enc.output_dim, encoder_layers=len(enc.layers), decoder_layers=len(dec.layers),
                  encoder_heads=enc.layers[0].self_attn.heads, decoder_heads=self_heads,
-                 encoder_ffn=enc.layers[0].ffn[0].out_features, decoder_ffn=dec.layers[0].ffn[0].out_features,
+                 encoder_ffn=enc.layers[0].ffn.up.out_features, decoder_ffn=dec.layers[0].ffn.up.out_features,
                  pre_norm=pre_norm, shared_embeddings=enc.embed is dec.embed, tied_output=tied,
                  max_positions=model.max_positions, src_vocab=enc.embed.num_embeddings,
                  tgt_vocab=dec.embed.num_embeddings)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2seq.models.gemm import Linear
+from seq2seq.models.kernels.gemm import Linear
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

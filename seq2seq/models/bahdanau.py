@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seq2seq.models.gemm import Linear
+from seq2seq.models.kernels.gemm import Linear
 from seq2seq.models.rnn_attention import grouped_softmax, masked_softmax
 
 

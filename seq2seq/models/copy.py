@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2seq.models.gemm import mm_nn, mm_nt, mm_tn
+from seq2seq.models.kernels.gemm import mm_nn, mm_nt, mm_tn
 from seq2seq.models.model import AttentionChoice, DecoderOut
 from seq2seq.models.output import OutputLayer, smoothed_nll
 
@@ -79,7 +79,7 @@ class _FusedCopyLoss(torch.autograd.Function):
                 h, t, s = features[rows].to(dtype), target[rows, None], src[rows]
                 zc, a = z[rows].to(acc), attention[rows].to(acc)
                 log_g, log_not_g = F.logsigmoid(zc)[:, None], F.logsigmoid(-zc)[:, None]
-                logits = mm_nt(h, w).to(acc)  # the three products on the host's kernel (seq2seq.models.gemm)
+                logits = mm_nt(h, w).to(acc)  # the three products on the host's kernel (seq2seq.models.kernels.gemm)
                 logits_sum = logits.sum(1)
                 top = logits.amax(1, keepdim=True)
                 picked = {"t": logits.gather(1, t), "s": logits.gather(1, s)}

@@ -74,9 +74,9 @@ class DecoderOut:
 class LossOut:
     """Summed over the target's non-pad tokens."""
 
-    loss: torch.Tensor      # what training minimises: label-smoothed NLL (+ coverage_weight * coverage)
-    nll: torch.Tensor       # plain negative log-likelihood (detached)
-    coverage: torch.Tensor  # sum over steps t and source positions i of min(a_i^t, c_i^t) (detached; 0 without attention)
+    loss: torch.Tensor           # what training minimises: label-smoothed NLL (+ coverage_loss_weight * coverage_loss)
+    nll: torch.Tensor            # plain negative log-likelihood (detached)
+    coverage_loss: torch.Tensor  # sum over steps t and source positions i of min(a_i^t, c_i^t) (detached; 0 without attention)
 
 
 @dataclass
@@ -151,35 +151,38 @@ class EncoderDecoder(nn.Module):
     def encode(self, src: torch.Tensor) -> EncoderOut:
         return self.encoder(src, src.eq(PAD))
 
-    def _training_choice(self, coverage_weight: float) -> AttentionChoice | None:
+    def _training_choice(self, coverage_loss_weight: float) -> AttentionChoice | None:
         if self.copy_choice is not None:
             return self.copy_choice
-        return AttentionChoice() if coverage_weight else None
+        return AttentionChoice() if coverage_loss_weight else None
 
-    def forward(self, src: torch.Tensor, prev_tokens: torch.Tensor, target: torch.Tensor | None = None,
-                label_smoothing: float = 0.0, coverage_weight: float = 0.0, coverage: bool = True):
-        """Teacher forcing. Without target: scores [B, T, V] whose log_softmax is the model's
-        distribution. With target [B, T]: a LossOut summed over its non-pad tokens, computed by
-        the output layer without materializing the scores of the whole batch. coverage_weight
-        adds that times the coverage loss of the reported attention (the copy attention for a
-        copy model, else the last layer's mean over heads). coverage=False: a coverage attention's
-        score leaves the coverage vector out, as training does before its coverage phase (its
-        weight w_c is then still at its initial 0, which changes nothing, and the decoder need not
-        step through the positions)."""
+    def forward(self, src: torch.Tensor, prev_tokens: torch.Tensor, target: torch.Tensor, *,
+                label_smoothing: float = 0.0, coverage_loss_weight: float = 0.0,
+                coverage_vector: bool = True) -> LossOut:
+        """Teacher forcing: the LossOut of target [B, T] summed over its non-pad tokens, computed by the
+        output layer without materializing the scores of the whole batch (training calls this, through
+        DDP where there are several processes). coverage_loss_weight adds that times the coverage loss of
+        the reported attention (the copy attention for a copy model, else the last layer's mean over
+        heads). coverage_vector=False: a coverage attention's score leaves the coverage vector out, as
+        training does before its coverage phase (its weight w_c is then still at its initial 0, which
+        changes nothing, and the decoder need not step through the positions)."""
         enc = self.encode(src)
-        choice = self._training_choice(coverage_weight) if target is not None else self.copy_choice
-        out = self.decoder(prev_tokens, enc, choice, coverage=coverage)
-        if target is None:
-            return self.output_layer.log_probs(out, enc.src_tokens)
+        out = self.decoder(prev_tokens, enc, self._training_choice(coverage_loss_weight),
+                           coverage_vector=coverage_vector)
         select = target.ne(PAD)
         rows = out.rows(select)
         src_rows = _source_rows(enc, select) if self.copy_choice is not None else None
         loss, nll = self.output_layer.loss(rows, src_rows, target[select], label_smoothing)
         covered = (coverage_loss(out.attention.float(), select) if out.attention is not None
                    else loss.new_zeros(()))
-        if coverage_weight:
-            loss = loss + coverage_weight * covered
+        if coverage_loss_weight:
+            loss = loss + coverage_loss_weight * covered
         return LossOut(loss, nll, covered.detach())
+
+    def scores(self, src: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing without a target: scores [B, T, V] whose log_softmax is the model's distribution."""
+        enc = self.encode(src)
+        return self.output_layer.log_probs(self.decoder(prev_tokens, enc, self.copy_choice), enc.src_tokens)
 
     @torch.no_grad()
     def copy_share(self, src: torch.Tensor, prev_tokens: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
@@ -221,6 +224,18 @@ class EncoderDecoder(nn.Module):
 
 # classes that moved: what checkpoints and run folders written before the move name them
 MOVED = {"seq2seq.models.rnn.RNNEncoder": "seq2seq.models.rnn_encoder.RNNEncoder"}
+# parameters that were renamed: (old, new) parts of their names in checkpoints written before
+RENAMED_PARAMETERS = ((".ffn.0.", ".ffn.up."), (".ffn.3.", ".ffn.down."))
+
+
+def renamed_parameters(state: dict) -> dict:
+    """A checkpoint's weights under today's parameter names (RENAMED_PARAMETERS)."""
+    out = {}
+    for key, value in state.items():
+        for old, new in RENAMED_PARAMETERS:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
 
 
 def _import(target: str):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seq2seq.models.gemm import linear, mm_nn, mm_nt, mm_tn
+from seq2seq.models.kernels.gemm import linear, mm_nn, mm_nt, mm_tn
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -85,7 +85,7 @@ class OutputLayer(nn.Module):
         self.chunk = chunk
 
     def product_shapes(self) -> list[tuple[int, int]]:
-        """(inner, columns) of its products, for kernels.linear=auto (seq2seq.models.gemm)."""
+        """(inner, columns) of its products, for kernels.linear=auto (seq2seq.models.kernels.gemm)."""
         return [(self.weight.size(1), self.weight.size(0))]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

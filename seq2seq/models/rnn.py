@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seq2seq.models.gemm import Linear
+from seq2seq.models.kernels.gemm import Linear
 from seq2seq.models.attention import MultiHeadAttention
-from seq2seq.models.dropout import Dropout
+from seq2seq.models.kernels.dropout import Dropout
 from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut, hypotheses_per_sentence, regroup
-from seq2seq.models.rnn_attention import MultiHeadAdapter
+from seq2seq.models.rnn_attention import MultiHeadAdapter, RNNAttention
 from seq2seq.models.rnn_encoder import CELLS, Bridge
 
 def _select(x, indices: torch.Tensor):
@@ -80,6 +80,9 @@ class RNNDecoder(nn.Module):
         super().__init__()
         attn = attention(query_dim=hidden_size, key_dim=encoder_dim)
         self.attention = MultiHeadAdapter(attn) if isinstance(attn, MultiHeadAttention) else attn
+        if not isinstance(self.attention, RNNAttention) or self.attention.query_timing not in ("previous", "current"):
+            raise ValueError(f"{type(attn).__name__} is not an RNN attention (seq2seq.models.rnn_attention.RNNAttention: "
+                             f"query_timing previous|current, context_dim, precompute, forward)")
         self.previous = self.attention.query_timing == "previous"
         if self.previous and input_feeding:
             raise ValueError(
@@ -191,15 +194,15 @@ class RNNDecoder(nn.Module):
         return x
 
     def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None,
-                coverage: bool = True) -> DecoderOut:
+                coverage_vector: bool = True) -> DecoderOut:
         """Teacher-forced DecoderOut [B,T,...]: features, and the attention, context and embeddings when asked.
 
-        coverage=False: a coverage attention's score does not read the coverage vector (training
+        coverage_vector=False: a coverage attention's score does not read the coverage vector (training
         before the coverage phase, when the coverage weight w_c is still at its initial 0)."""
         state = self.init_state(enc, attention)
         embs = self.dropout(self.embed(prev_tokens))
         if not self.previous and not self.input_feeding:  # the RNN input never reads the attention
-            return self._forward_all(embs, state, coverage)
+            return self._forward_all(embs, state, coverage_vector)
         outputs, contexts, weights = [], [], []
         for t in range(prev_tokens.size(1)):
             attentional, context, state, w = self._step(embs[:, t], state)
@@ -211,10 +214,10 @@ class RNNDecoder(nn.Module):
             return DecoderOut(features)
         return DecoderOut(features, torch.stack(weights, dim=1), torch.stack(contexts, dim=1), embs)
 
-    def _forward_all(self, embs: torch.Tensor, state: RNNState, coverage: bool) -> DecoderOut:
+    def _forward_all(self, embs: torch.Tensor, state: RNNState, coverage_vector: bool) -> DecoderOut:
         """forward without a step loop over the RNN, nor over the attention unless it reads the coverage."""
         h = self._run_all(embs, state.hidden)
-        if hasattr(self.attention, "attend_all") and not (self.coverage and coverage):
+        if hasattr(self.attention, "attend_all") and not (self.coverage and coverage_vector):
             contexts, weights = self.attention.attend_all(h, state.memory, state.attention is not None)
             weights = self._report(weights, state.attention, 3)
         else:

@@ -23,14 +23,30 @@ An attention module for RNNDecoder is built as attention(query_dim=, key_dim=) a
   coverage                 optional, True when the score also reads the coverage vector c^t
                            (attention summed over earlier steps): forward then takes coverage=[B,S]
                            and the decoder carries c^t in its state
-Weights are a distribution over the real source positions and exactly 0 on padding.
+Weights are a distribution over the real source positions and exactly 0 on padding. RNNAttention below is
+this contract's typing.Protocol.
 """
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from seq2seq.models.attention import MultiHeadAttention
+
+
+@runtime_checkable
+class RNNAttention(Protocol):
+    """The members every RNN attention has (the optional ones, attend_all, grouped_queries and coverage, are
+    described in the module docstring); RNNDecoder refuses a module without them."""
+
+    query_timing: str  # "previous" | "current"
+    context_dim: int
+
+    def precompute(self, keys: torch.Tensor, padding_mask: torch.Tensor) -> tuple: ...
+
+    def forward(self, query: torch.Tensor, memory: tuple, position: int, need_weights: bool = True): ...
 
 
 def masked_softmax(scores: torch.Tensor, allowed_not: torch.Tensor) -> torch.Tensor:

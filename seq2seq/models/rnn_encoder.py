@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seq2seq.models.dropout import Dropout
-from seq2seq.models.gemm import Linear
+from seq2seq.models.kernels.dropout import Dropout
+from seq2seq.models.kernels.gemm import Linear
 from seq2seq.models.model import EncoderOut
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
-from seq2seq.models.dropout import Dropout
+from seq2seq.models.kernels.dropout import Dropout
 from seq2seq.models.embeddings import SinusoidalPositions
-from seq2seq.models.gemm import Linear
+from seq2seq.models.kernels.gemm import Linear
 from seq2seq.models.model import AttentionChoice, DecoderOut, EncoderOut, hypotheses_per_sentence, regroup
 
 
@@ -35,9 +35,18 @@ class SelfAttention(nn.Module):
         return self.out_proj(merge_heads(out)), (k, v)
 
 
-class FeedForward(nn.Sequential):
+class FeedForward(nn.Module):
+    """down(dropout(relu(up(x)))). Checkpoints from before the names were ffn.0 (up) and ffn.3 (down):
+    seq2seq.models.model.RENAMED_PARAMETERS maps them."""
+
     def __init__(self, dim: int, ffn_dim: int, dropout: float):
-        super().__init__(Linear(dim, ffn_dim), nn.ReLU(), Dropout(dropout), Linear(ffn_dim, dim))
+        super().__init__()
+        self.up = Linear(dim, ffn_dim)
+        self.dropout = Dropout(dropout)
+        self.down = Linear(ffn_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.dropout(torch.relu(self.up(x))))
 
 
 class EncoderLayer(nn.Module):
@@ -192,9 +201,9 @@ class TransformerDecoder(nn.Module):
         return self.final_norm(x), new_caches, weights, context
 
     def forward(self, prev_tokens: torch.Tensor, enc: EncoderOut, attention: AttentionChoice | None = None,
-                coverage: bool = True) -> DecoderOut:
+                coverage_vector: bool = True) -> DecoderOut:
         """Teacher-forced DecoderOut [B,T,...] for the whole target (the chosen attention when asked).
-        coverage: part of the decoder contract; no attention here reads a coverage vector."""
+        coverage_vector: part of the decoder contract; no attention here reads a coverage vector."""
         embedded = self.embed(prev_tokens) + self.positions(prev_tokens.size(1))
         memory = [layer.cross_attn.project_memory(enc.states) for layer in self.layers]
         features, _, weights, context = self._run(self.dropout(embedded), memory, enc.padding_mask, attention)

@@ -11,6 +11,7 @@ import torch
 
 from seq2seq.errors import CheckpointError, CheckpointWriteError
 from seq2seq.models.embeddings import POSITIONS_LAYOUT, SinusoidalPositions
+from seq2seq.models.model import renamed_parameters
 
 __all__ = ["CheckpointError", "CheckpointWriteError"]  # defined in seq2seq.errors, raised here
 
@@ -57,7 +58,9 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
-    """Load weights, or say exactly which parameters do not fit (another config or vocabulary)."""
+    """Load weights (under today's parameter names), or say exactly which parameters do not fit (another config or
+    vocabulary)."""
+    state = renamed_parameters(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -24,7 +24,7 @@ import torch
 
 from seq2seq.generation.decoding import decode_ids
 from seq2seq.host import measured
-from seq2seq.models import gemm
+from seq2seq.models.kernels import gemm
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def step_seconds(model: torch.nn.Module, batches: list, dtype, device: torch.dev
         start = time.perf_counter()
         for batch in batches:
             with ctx():
-                out = model(batch.src, batch.prev_tokens, batch.target, label_smoothing, 0.0, False)
+                out = model(batch.src, batch.prev_tokens, batch.target, label_smoothing=label_smoothing,
+                            coverage_vector=False)
             out.loss.backward()
         if r:
             best = min(best, time.perf_counter() - start)

@@ -244,7 +244,7 @@ class Trainer:
         faster without it: See et al. add it last)."""
         return self.update_position >= self.coverage_from_step
 
-    def _coverage_weight(self) -> float:
+    def _coverage_loss_weight(self) -> float:
         """optim.coverage_loss from optimizer step optim.coverage_from_step on (coverage from the first
         step is known to stall training: See et al. add it at the end), else 0."""
         return self.coverage_loss if self._coverage_phase() else 0.0
@@ -265,14 +265,15 @@ class Trainer:
             sync = i == len(batches) - 1 or self.ddp is None  # gradients are all-reduced once, with the last
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self._autocast():
-                    out = module(batch.src, batch.prev_tokens, batch.target, self.label_smoothing,
-                                 self._coverage_weight(), self._coverage_phase())
+                    out = module(batch.src, batch.prev_tokens, batch.target, label_smoothing=self.label_smoothing,
+                                 coverage_loss_weight=self._coverage_loss_weight(),
+                                 coverage_vector=self._coverage_phase())
                     loss, nll = out.loss, out.nll
                 scaled = loss * scale
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.item()
             nll_sum += nll.item()
-            coverage_sum += out.coverage.item()
+            coverage_sum += out.coverage_loss.item()
         loss_sum, nll_sum, coverage_sum = distributed.all_reduce_sum([loss_sum, nll_sum, coverage_sum], self.dist)
         problem = None if math.isfinite(loss_sum) else f"loss {loss_sum}"
         if problem is None:

@@ -37,7 +37,7 @@ class Validator:
                                   self.batch_tokens, shuffle=False):
             batch = collate([valid.src[i][:limit] for i in idx], [valid.tgt[i][:limit] for i in idx]).to(self.device)
             with autocast():
-                nll += model(batch.src, batch.prev_tokens, batch.target, 0.0).nll.item()
+                nll += model(batch.src, batch.prev_tokens, batch.target).nll.item()
             tokens += batch.ntokens
         loss = nll / max(tokens, 1)
         row = {"valid_nll": loss, "valid_ppl": float(torch.tensor(loss).exp())}

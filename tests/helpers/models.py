@@ -61,7 +61,7 @@ def greedy_reference(model, src: list[int], max_len: int = 20) -> list[int]:
     prev = [BOS]
     with torch.no_grad():
         for _ in range(max_len):
-            scores = model(source, torch.tensor([prev]))
+            scores = model.scores(source, torch.tensor([prev]))
             logp = scores[0, -1].log_softmax(-1)
             logp[:4] = torch.where(torch.arange(4) == EOS, logp[:4], torch.tensor(float("-inf")))
             token = int(logp.argmax())

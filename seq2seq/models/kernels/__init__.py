@@ -1,0 +1,2 @@
+"""The hand-placed kernels the models run on: gemm (linear layers and products on the host's kernel plan, MKL or
+oneDNN, chosen by kernels.linear) and dropout (a mask of random bytes)."""
