@@ -228,8 +228,8 @@ def test_before_the_coverage_phase_the_score_leaves_coverage_out_as_a_zero_cover
     model.zero_grad()
     with torch.no_grad():
         enc = model.encode(batch.src)
-        read = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=True)
-        left_out = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=False)
+        read = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage_vector=True)
+        left_out = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage_vector=False)
         torch.testing.assert_close(read.features, left_out.features, atol=1e-6, rtol=1e-5)  # w_c = 0
         torch.testing.assert_close(read.attention, left_out.attention, atol=1e-6, rtol=1e-5)
     during = model(batch.src, batch.prev_tokens, batch.target, label_smoothing=0.1, coverage_loss_weight=0.5)
@@ -238,8 +238,8 @@ def test_before_the_coverage_phase_the_score_leaves_coverage_out_as_a_zero_cover
     torch.testing.assert_close(during.nll, before.nll)  # same model so far: only the loss term was added
     with torch.no_grad():
         w_c.normal_()  # a trained w_c: now reading the coverage changes the attention
-        read = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=True)
-        left_out = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage=False)
+        read = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage_vector=True)
+        left_out = model.decoder(batch.prev_tokens, enc, AttentionChoice(), coverage_vector=False)
     assert not torch.allclose(read.attention[:, 1:], left_out.attention[:, 1:], atol=1e-4)
 
 

@@ -11,7 +11,7 @@ pytest.importorskip("ctranslate2", reason="the exports need the export extra: pi
 
 from helpers.commands import compose, run_cli  # noqa: E402
 from helpers.corpora import tiny_train_overrides, toy_corpus_lines, write_corpus  # noqa: E402
-from helpers.models import TOY_SYMBOLS, toy_pairs, transformer_config  # noqa: E402
+from helpers.models import TOY_SYMBOLS, toy_pairs, train_toy_model, transformer_config  # noqa: E402
 from seq2seq.data.batching import pad_source  # noqa: E402
 from seq2seq.data.tokenizer import EOS, PAD  # noqa: E402
 from seq2seq.generation.options import GenerationOptions  # noqa: E402

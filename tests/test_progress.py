@@ -10,6 +10,7 @@ import pytest
 
 from helpers.training import make_trainer
 from seq2seq.training import trainer as trainer_module
+from seq2seq.training import validation as validation_module
 from seq2seq.training.optim import LinearSchedule
 from seq2seq.training.progress import Budget
 from seq2seq.training.trainer import Trainer
@@ -44,6 +45,7 @@ def clock(monkeypatch):
     def install(step_seconds: float, stop_after: int = 0) -> FakeClock:
         fake = FakeClock(step_seconds)
         monkeypatch.setattr(trainer_module, "time", fake)
+        monkeypatch.setattr(validation_module, "time", fake)  # validation's seconds count on the same clock
         real_step = Trainer._train_step
 
         def timed_step(self, batches):
@@ -105,7 +107,7 @@ def test_the_coverage_switch_moves_with_the_position(corpus, tmp_path, clock):
 
     def forward(*args, **kwargs):
         if trainer.model.training:  # (update number, the coverage phase flag); validation passes no flag
-            seen.append((trainer.step + 1, args[5]))
+            seen.append((trainer.step + 1, kwargs["coverage_vector"]))
         return real_forward(*args, **kwargs)
 
     trainer.model.forward = forward

@@ -408,7 +408,7 @@ def test_incompatible_pairings_are_refused_clearly():
     no_final = build_model(rnn_config("luong_general", encoder="transformer", bridge="learned", dim=64, hidden=64),
                            VOCAB, VOCAB)
     with pytest.raises(ValueError, match="bridge=learned needs an encoder"):  # a Transformer has no final states
-        no_final(pad_source([[4, 5]]), torch.tensor([[2, 4]]))
+        no_final.scores(pad_source([[4, 5]]), torch.tensor([[2, 4]]))
     with pytest.raises(ValueError, match="hidden_dim"):
         build_model(rnn_config("luong_local_m", hidden_dim=8), VOCAB, VOCAB)
     with pytest.raises(ValueError, match="model.attention"):
