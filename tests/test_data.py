@@ -197,8 +197,8 @@ def test_prepare_passes_the_tokenizer_options_through(tmp_path):
         src, tgt = dialogues(n, seed)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps({"d": s, "s": t}) + "\n" for s, t in zip(src, tgt)))
     data_cfg = dict(root=str(tmp_path), path="dialogues", format="jsonl", src="d", tgt="s",
-                    splits={"train": "train", "valid": "valid"}, cache_dir=str(tmp_path / "cache"))
-    tok_cfg = dict(joint=False, vocab_size=80, newline_piece="<nl>", byte_fallback=False, **TOK_OPTIONS)
+                    splits={"train": "train", "valid": "valid"}, cache_dir=str(tmp_path / "cache"), long_pairs="drop")
+    tok_cfg = dict(joint=False, vocab_size=80, newline_piece="<nl>", byte_fallback=False, threads=2, **TOK_OPTIONS)
     data = prepare_data(data_cfg, tok_cfg)
     newline = data.tokenizer.src.piece_to_id("<nl>")
     assert data.tokenizer.newline_piece == "<nl>" and data.tokenizer.tgt.piece_to_id("<nl>") != UNK
@@ -265,8 +265,9 @@ def test_prepare_trains_sentencepiece_once_and_caches(tmp_path, caplog):
     write_corpus(tmp_path)
     data_cfg = dict(root=str(tmp_path), path="toy", format="text", src="src", tgt="tgt",
                     splits={"train": "train", "valid": "val"}, hub_id=None, hub_splits=None,
-                    cache_dir=str(tmp_path / "cache"))
-    tok_cfg = dict(model_type="unigram", vocab_size=80, joint=True, character_coverage=1.0, max_sentences=10000)
+                    cache_dir=str(tmp_path / "cache"), long_pairs="drop")
+    tok_cfg = dict(model_type="unigram", vocab_size=80, joint=True, character_coverage=1.0, max_sentences=10000,
+                   newline_piece=None, byte_fallback=False, threads=2)
     with caplog.at_level(logging.INFO):
         first = prepare_data(data_cfg, tok_cfg)
         assert "training SentencePiece" in caplog.text
@@ -288,8 +289,9 @@ def test_prepare_trains_sentencepiece_once_and_caches(tmp_path, caplog):
 def test_separate_vocabularies(tmp_path):
     write_corpus(tmp_path)
     data_cfg = dict(root=str(tmp_path), path="toy", format="text", src="src", tgt="tgt",
-                    splits={"train": "train", "valid": "val"}, cache_dir=str(tmp_path / "cache"))
-    tok_cfg = dict(model_type="bpe", vocab_size=70, joint=False, character_coverage=1.0, max_sentences=10000)
+                    splits={"train": "train", "valid": "val"}, cache_dir=str(tmp_path / "cache"), long_pairs="drop")
+    tok_cfg = dict(model_type="bpe", vocab_size=70, joint=False, character_coverage=1.0, max_sentences=10000,
+                   newline_piece=None, byte_fallback=False, threads=2)
     data = prepare_data(data_cfg, tok_cfg)
     assert not data.tokenizer.joint
     assert data.tokenizer.src_pieces(data.train.src[0]) != data.tokenizer.tgt_pieces(data.train.tgt[0])
@@ -298,8 +300,8 @@ def test_separate_vocabularies(tmp_path):
 def toy_prepare_configs(root) -> tuple[dict, dict]:
     """prepare_data's data and tokenizer configs for write_corpus's data under root (a tiny vocabulary)."""
     data_cfg = dict(root=str(root), path="toy", format="text", src="src", tgt="tgt",
-                    splits={"train": "train", "valid": "val"}, cache_dir=str(root / "cache"))
-    return data_cfg, dict(joint=True, vocab_size=60, **TOK_OPTIONS)
+                    splits={"train": "train", "valid": "val"}, cache_dir=str(root / "cache"), long_pairs="drop")
+    return data_cfg, dict(joint=True, vocab_size=60, newline_piece=None, byte_fallback=False, threads=2, **TOK_OPTIONS)
 
 
 # Each process waits until both are ready (imports done), so that they prepare the same entry at the same moment.

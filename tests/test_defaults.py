@@ -74,3 +74,10 @@ def test_greedy_and_sampling_are_beam_with_another_search():
     differ = lambda a, b: {k for k in a if a[k] != b[k]}  # noqa: E731
     assert differ(beam, greedy) == {"strategy", "beam_size"}
     assert differ(beam, sampling) == {"strategy", "beam_size", "top_k"}
+
+
+def test_sentencepiece_threads_default_is_the_yaml_s():
+    from seq2seq.data.tokenizer import SPM_THREADS
+
+    for name in ("unigram_joint", "bpe_separate"):
+        assert yaml.safe_load((CONF / "tokenizer" / f"{name}.yaml").read_text())["threads"] == SPM_THREADS

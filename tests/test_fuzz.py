@@ -124,9 +124,9 @@ def tiny_decoder(tmp_path_factory):
     write_corpus(root, n_train=300, n_valid=10)
     data = prepare_data({"root": str(root), "path": "toy", "format": "text", "src": "src", "tgt": "tgt",
                          "splits": {"train": "train", "valid": "val", "test": "test"},
-                         "cache_dir": str(root / "cache")},
+                         "cache_dir": str(root / "cache"), "long_pairs": "drop"},
                         {"model_type": "unigram", "vocab_size": 400, "joint": True, "character_coverage": 1.0,
-                         "max_sentences": 10_000, "byte_fallback": True})  # 256 byte pieces + the toy's
+                         "max_sentences": 10_000, "byte_fallback": True, "newline_piece": None, "threads": 2})  # 256 byte pieces + the toy's
     torch.manual_seed(0)
     config = transformer_config(layers=1, dim=32, heads=2, ffn=64, max_positions=64)
     model = build_model(config, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).eval()

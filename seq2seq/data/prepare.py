@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 CORPUS_KEYS = ("root", "path", "format", "src", "tgt", "splits", "hub_id", "hub_splits", "hub_config", "hub_revision")
 # every key a data config may have: the corpus, the training length limits, batch sizes (the trainer's), the cache
 TOKENIZER_KEYS = ("name", "model_type", "vocab_size", "joint", "character_coverage", "max_sentences",
-                  "newline_piece", "byte_fallback")
+                  "newline_piece", "byte_fallback", "threads")
 DATA_KEYS = (*CORPUS_KEYS, "name", "max_src_len", "max_tgt_len", "long_pairs", "batch_tokens", "valid_batch_tokens",
              "cache_dir")
 LONG_PAIRS = ("truncate", "drop")
@@ -124,7 +124,7 @@ def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
     """
     check_keys("data", data, DATA_KEYS)
     check_keys("tokenizer", tokenizer, TOKENIZER_KEYS)
-    _check_long_pairs(data.get("long_pairs", "drop"))
+    _check_long_pairs(data["long_pairs"])
     cache = Path(data["cache_dir"]) / _fingerprint(data, tokenizer)
     done = cache / "done"
     if not done.is_file():
@@ -142,10 +142,10 @@ def _build(data: dict, tokenizer: dict, cache: Path, seed: int) -> PreparedData:
     train = load_split("train", **corpus_args)
     valid = load_split("valid", **corpus_args)
     log.info("read %d training and %d validation pairs", len(train), len(valid))
-    tok_options = {k: tokenizer[k] for k in ("model_type", "vocab_size", "character_coverage", "max_sentences")}
+    tok_options = {k: tokenizer[k] for k in ("model_type", "vocab_size", "character_coverage", "max_sentences", "threads")}
     tok = build_tokenizer(train.src, train.tgt, cache / "tokenizer", joint=tokenizer["joint"], seed=seed,
-                          newline_piece=tokenizer.get("newline_piece"),
-                          byte_fallback=tokenizer.get("byte_fallback", False), **tok_options)
+                          newline_piece=tokenizer["newline_piece"], byte_fallback=tokenizer["byte_fallback"],
+                          **tok_options)
     encoded_train, encoded_valid = _encode(tok, train, keep_text=False), _encode(tok, valid, keep_text=True)
     _save(encoded_train, cache / "train.pt")
     _save(encoded_valid, cache / "valid.pt")

@@ -43,6 +43,11 @@ def piece_to_newlines(text: str, piece: str) -> str:
     return re.sub(f" ?{re.escape(piece)} ?", "\n", text)
 
 
+# tokenizer.threads (conf/tokenizer/*.yaml, tests/test_defaults.py): SentencePiece's model depends on how many threads
+# train it, so the number is a setting (part of the cache key), not the host's core count
+SPM_THREADS = 2
+
+
 def train_sentencepiece(
     sentences: list[str],
     prefix: Path,
@@ -54,6 +59,7 @@ def train_sentencepiece(
     user_defined_symbols: tuple[str, ...] = (),
     byte_fallback: bool = False,
     seed: int = 1,
+    threads: int = SPM_THREADS,
 ) -> Path:
     """Train one SentencePiece model on (a sample of) the non-empty sentences into prefix.model (and prefix.vocab,
     its pieces and scores, for reading); returns the .model path. The files are written under temporary names and
@@ -79,7 +85,7 @@ def train_sentencepiece(
         byte_fallback=byte_fallback,
         hard_vocab_limit=False,  # small corpora get a smaller vocabulary instead of an error
         max_sentence_length=1 << 16,
-        num_threads=2,
+        num_threads=threads,
         minloglevel=2,
     )
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())

@@ -18,13 +18,13 @@ INT_RANGE = 2**31 - 1
 class Limits:
     """What one request may ask for, and how requests are batched (conf/serve.yaml explains each)."""
 
-    batch_wait_ms: float = 5.0
-    max_batch_tokens: int = 6000
-    max_inputs: int = 64
-    max_input_tokens: int = 256
-    max_request_bytes: int = 1_000_000
-    max_beam_size: int = 16
-    max_pending_inputs: int = 1024
+    batch_wait_ms: float = 5.0         # a request waits this long for others (from the oldest waiting one)
+    max_batch_tokens: int = 6000       # source tokens decoded together; one request may exceed it
+    max_inputs: int = 64               # inputs in one request
+    max_input_tokens: int = 256        # source subwords in one input
+    max_request_bytes: int = 1_000_000  # size of one request body
+    max_beam_size: int = 16            # largest options.beam_size (and nbest)
+    max_pending_inputs: int = 1024     # inputs waiting per model; more are answered 503
 
     def __post_init__(self):
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 10_000):

@@ -18,9 +18,9 @@ def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, opti
     (default a 1-layer Transformer), optim: optim keys to change, schedule: the lr_scheduler group."""
     splits = {"train": "train", "valid": "val", "test": "test"}
     data = prepare_data({"root": str(root), "path": "toy", "format": "text", "src": "src", "tgt": "tgt",
-                         "splits": splits, "cache_dir": str(root / "cache")},
+                         "splits": splits, "cache_dir": str(root / "cache"), "long_pairs": "drop"},
                         {"model_type": "unigram", "vocab_size": 80, "joint": True, "character_coverage": 1.0,
-                         "max_sentences": 10_000})
+                         "max_sentences": 10_000, "newline_piece": None, "byte_fallback": False, "threads": 2})
     config = config or transformer_config(layers=1, dim=32, heads=2, ffn=64, dropout=0.1, max_positions=128)
     torch.manual_seed(1)
     model = build_model(config, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
