@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from helpers.commands import run_cli
+from helpers.corpora import toy_corpus_lines
 from seq2seq.runs import RunFolder
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy_run"  # written by the code at 32745e1 (2026-12-03)
@@ -51,8 +52,10 @@ def test_saved_generation_settings_are_read_strictly(legacy):
 
 @pytest.mark.parametrize("strategy", ["beam", "greedy"])
 def test_a_run_written_before_the_redesign_decodes_as_it_did(legacy, tmp_path, strategy):
-    out = tmp_path / "out.txt"
-    run_cli("decode", f"run={legacy}", f"input={legacy / 'test.src'}", f"output={out}", f"generation={strategy}",
+    """The inputs are write_corpus's test split (toy_corpus_lines(40, seed=3)), which the expected outputs decode."""
+    out, source = tmp_path / "out.txt", tmp_path / "test.src"
+    source.write_text("\n".join(toy_corpus_lines(40, seed=3)[0]) + "\n")
+    run_cli("decode", f"run={legacy}", f"input={source}", f"output={out}", f"generation={strategy}",
             "generation.nbest=1")
     expected = (LEGACY / f"expected.{strategy}.txt").read_text().splitlines()
     assert len(expected) == 40 and len(set(expected)) > 30  # real, varied outputs

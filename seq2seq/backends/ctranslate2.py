@@ -97,6 +97,9 @@ class CTranslate2Backend:
     name: str = "ctranslate2"
     model: None = None        # no model of this project's to report attention from
 
+    def __post_init__(self):
+        self._target_ids = {piece: i for i, piece in enumerate(vocabulary(self.tokenizer.tgt))}  # once, not per chunk
+
     @classmethod
     def from_folder(cls, folder: Path, *, device: torch.device, compute_type: str = "default", threads: int = 0,
                     batch_tokens: int = 6000) -> "CTranslate2Backend":
@@ -121,7 +124,7 @@ class CTranslate2Backend:
         length are decoded together); scores are CTranslate2's."""
         if need_attention:
             raise ValueError("backend=ctranslate2 reports no attention")
-        target_ids = {piece: i for i, piece in enumerate(vocabulary(self.tokenizer.tgt))}
+        target_ids = self._target_ids
         limit = self.max_positions - 1  # room for EOS
         results: list[list[Hypothesis] | None] = [None] * len(src_ids)
         by_length: dict[int, list[int]] = {}
