@@ -25,8 +25,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from seq2seq.data.batching import bucket_batches, collate, pad_source
+from seq2seq.data.batching import bucket_batches, pad_source
 from seq2seq.data.corpus import read_lines
+from seq2seq.data.pairs import filter_training_pairs
 from seq2seq.data.prepare import prepare_data
 from seq2seq.data.tokenizer import BOS, EOS, PAD
 from seq2seq.generation.options import GenerationOptions
@@ -97,14 +98,15 @@ class Side:
 
 def load(args):
     data = prepare_data({"root": args.data, "path": "multi30k", "format": "text", "src": "en", "tgt": "de",
-                         "splits": {"train": "train", "valid": "val"}, "cache_dir": args.cache},
+                         "splits": {"train": "train", "valid": "val"}, "cache_dir": args.cache, "long_pairs": "drop",
+                         "workers": None},
                         {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0,
-                         "max_sentences": 2_000_000})
-    train = data.train
-    order = bucket_batches([len(s) + 1 for s in train.src], [len(t) + 1 for t in train.tgt], args.batch_tokens,
-                           shuffle=True, seed=1)
+                         "max_sentences": 2_000_000, "newline_piece": None, "byte_fallback": False, "threads": 2})
+    train = filter_training_pairs(data.train, 256, 256)
+    src_lens, tgt_lens = train.lengths()
+    order = bucket_batches(src_lens, tgt_lens, args.batch_tokens, shuffle=True, seed=1)
     need = 1 + args.rounds * args.steps
-    batches = [collate([train.src[i] for i in b], [train.tgt[i] for i in b]) for b in order[:need]]
+    batches = [train.collate(b) for b in order[:need]]
     return data, batches
 
 

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from seq2seq import host
 from seq2seq.config import check_keys, options_from, setup_logging, to_dict
-from seq2seq.data.prepare import filter_training_pairs, prepare_data
+from seq2seq.data.pairs import filter_training_pairs
+from seq2seq.data.prepare import prepare_data
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.host import resolve_device, set_threads
 from seq2seq.models.kernels import gemm

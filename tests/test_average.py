@@ -26,7 +26,7 @@ def scripted_validation(trainer, metric: str, scores: list[float]) -> list[int]:
     is the average's); returns the steps at which validation ran."""
     scores, steps = list(scores), []
 
-    def validate():
+    def validate(shared: bool = True):
         steps.append(trainer.step)
         return {"step": trainer.step, "valid_nll": 1.0, "valid_ppl": 2.7, f"valid_{metric}": scores.pop(0),
                 "valid_seconds": 0.0}

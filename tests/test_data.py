@@ -13,7 +13,8 @@ from helpers.commands import REPO, compose
 from helpers.corpora import toy_corpus_lines, write_corpus
 from seq2seq.data.batching import bucket_batches, collate, shard
 from seq2seq.data.corpus import DataError, load_split, read_documents, read_lines, read_parallel_text, read_tsv
-from seq2seq.data.prepare import CORPUS_KEYS, DATA_KEYS, EncodedSplit, filter_training_pairs, prepare_data
+from seq2seq.data.pairs import filter_training_pairs
+from seq2seq.data.prepare import CORPUS_KEYS, DATA_KEYS, EncodedSplit, prepare_data
 from seq2seq.data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, build_tokenizer
 
 TOK_OPTIONS = dict(model_type="unigram", character_coverage=1.0, max_sentences=10000)
@@ -197,38 +198,47 @@ def test_prepare_passes_the_tokenizer_options_through(tmp_path):
         src, tgt = dialogues(n, seed)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps({"d": s, "s": t}) + "\n" for s, t in zip(src, tgt)))
     data_cfg = dict(root=str(tmp_path), path="dialogues", format="jsonl", src="d", tgt="s",
-                    splits={"train": "train", "valid": "valid"}, cache_dir=str(tmp_path / "cache"), long_pairs="drop")
+                    splits={"train": "train", "valid": "valid"}, cache_dir=str(tmp_path / "cache"), long_pairs="drop",
+                    workers=None)
     tok_cfg = dict(joint=False, vocab_size=80, newline_piece="<nl>", byte_fallback=False, threads=2, **TOK_OPTIONS)
     data = prepare_data(data_cfg, tok_cfg)
     newline = data.tokenizer.src.piece_to_id("<nl>")
     assert data.tokenizer.newline_piece == "<nl>" and data.tokenizer.tgt.piece_to_id("<nl>") != UNK
     train_src, _ = dialogues(300, 1)
-    assert [ids.count(newline) for ids in data.train.src] == [text.count("\n") for text in train_src]
+    assert [ids.tolist().count(newline) for ids in data.train.src] == [text.count("\n") for text in train_src]
     assert data.valid.tgt_text == dialogues(20, 2)[1] and data.train.tgt_text == []  # references: validation only
     cached = prepare_data(data_cfg, tok_cfg)
     assert cached.tokenizer.settings == data.tokenizer.settings and cached.train.src == data.train.src
 
 
+def sides(pairs) -> tuple[list, list]:
+    """The sources and targets that training reads from TrainingPairs, as lists."""
+    rows = [pairs.pair(i) for i in range(len(pairs))]
+    return [s.tolist() for s, _ in rows], [t.tolist() for _, t in rows]
+
+
 def test_filtering_counts_empty_and_long_pairs(caplog):
-    split = EncodedSplit([[5], [], [5] * 50, [6, 7]], [[5], [5], [5], []], ["a", "b", "c", ""])
+    split = EncodedSplit.from_lists([[5], [], [5] * 50, [6, 7]], [[5], [5], [5], []], ["a", "b", "c", ""])
     with caplog.at_level(logging.WARNING):
         kept = filter_training_pairs(split, max_src_len=10, max_tgt_len=10)
-    assert kept.src == [[5]]
+    assert sides(kept)[0] == [[5]]
     assert "dropped 2 pairs with an empty side and 1 longer than 10/10" in caplog.text
 
 
 def test_long_pairs_truncate_cuts_and_counts_and_drop_drops(caplog):
-    split = EncodedSplit([[5] * 30, [6] * 3, [7] * 4, []], [[8] * 2, [9] * 20, [4] * 2, [5]], ["a", "b", "c", "d"])
+    split = EncodedSplit.from_lists([[5] * 30, [6] * 3, [7] * 4, []], [[8] * 2, [9] * 20, [4] * 2, [5]])
     with caplog.at_level(logging.WARNING):
         kept = filter_training_pairs(split, max_src_len=10, max_tgt_len=8, long_pairs="truncate")
-    assert [len(s) for s in kept.src] == [9, 3, 4] and [len(t) for t in kept.tgt] == [2, 7, 2]  # + EOS = the limits
-    assert kept.tgt_text == ["a", "b", "c"]  # the references of the pairs kept
+    src, tgt = sides(kept)
+    assert [len(s) for s in src] == [9, 3, 4] and [len(t) for t in tgt] == [2, 7, 2]  # + EOS = the limits
+    assert kept.index.tolist() == [0, 1, 2]  # the pairs kept, as positions in the cache
+    assert [n.tolist() for n in kept.lengths()] == [[10, 4, 5], [3, 8, 3]]  # what the batch plan measures
     assert "truncated 1 sources to 10 and 1 targets to 8 subwords" in caplog.text
     assert "dropped 1 pairs with an empty side and 0 longer" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         dropped = filter_training_pairs(split, max_src_len=10, max_tgt_len=8, long_pairs="drop")
-    assert dropped.src == [[7] * 4] and "truncated" not in caplog.text
+    assert sides(dropped)[0] == [[7] * 4] and "truncated" not in caplog.text
     assert "dropped 1 pairs with an empty side and 2 longer than 10/8" in caplog.text
     with pytest.raises(ValueError, match="data.long_pairs must be one of truncate, drop, not 'cut'"):
         filter_training_pairs(split, 10, 8, long_pairs="cut")
@@ -241,8 +251,9 @@ def test_batches_respect_the_token_budget_and_cover_every_pair():
     assert sorted(i for b in batches for i in b) == list(range(500))
     for b in batches:
         assert len(b) * max(max(src[i], tgt[i]) + 1 for i in b) <= 120 or len(b) == 1
-    assert batches == bucket_batches(src, tgt, 120, shuffle=True, seed=3, epoch=0)
-    assert batches != bucket_batches(src, tgt, 120, shuffle=True, seed=3, epoch=1)
+    as_lists = [b.tolist() for b in batches]
+    assert as_lists == [b.tolist() for b in bucket_batches(src, tgt, 120, shuffle=True, seed=3, epoch=0)]
+    assert as_lists != [b.tolist() for b in bucket_batches(src, tgt, 120, shuffle=True, seed=3, epoch=1)]
 
 
 def test_shards_are_disjoint_and_equal_in_number():
@@ -265,7 +276,8 @@ def test_prepare_trains_sentencepiece_once_and_caches(tmp_path, caplog):
     write_corpus(tmp_path)
     data_cfg = dict(root=str(tmp_path), path="toy", format="text", src="src", tgt="tgt",
                     splits={"train": "train", "valid": "val"}, hub_id=None, hub_splits=None,
-                    cache_dir=str(tmp_path / "cache"), long_pairs="drop")
+                    cache_dir=str(tmp_path / "cache"), long_pairs="drop",
+                    workers=None)
     tok_cfg = dict(model_type="unigram", vocab_size=80, joint=True, character_coverage=1.0, max_sentences=10000,
                    newline_piece=None, byte_fallback=False, threads=2)
     with caplog.at_level(logging.INFO):
@@ -289,18 +301,20 @@ def test_prepare_trains_sentencepiece_once_and_caches(tmp_path, caplog):
 def test_separate_vocabularies(tmp_path):
     write_corpus(tmp_path)
     data_cfg = dict(root=str(tmp_path), path="toy", format="text", src="src", tgt="tgt",
-                    splits={"train": "train", "valid": "val"}, cache_dir=str(tmp_path / "cache"), long_pairs="drop")
+                    splits={"train": "train", "valid": "val"}, cache_dir=str(tmp_path / "cache"), long_pairs="drop",
+                    workers=None)
     tok_cfg = dict(model_type="bpe", vocab_size=70, joint=False, character_coverage=1.0, max_sentences=10000,
                    newline_piece=None, byte_fallback=False, threads=2)
     data = prepare_data(data_cfg, tok_cfg)
     assert not data.tokenizer.joint
-    assert data.tokenizer.src_pieces(data.train.src[0]) != data.tokenizer.tgt_pieces(data.train.tgt[0])
+    assert data.tokenizer.src_pieces(data.train.src[0].tolist()) != data.tokenizer.tgt_pieces(data.train.tgt[0].tolist())
 
 
 def toy_prepare_configs(root) -> tuple[dict, dict]:
     """prepare_data's data and tokenizer configs for write_corpus's data under root (a tiny vocabulary)."""
     data_cfg = dict(root=str(root), path="toy", format="text", src="src", tgt="tgt",
-                    splits={"train": "train", "valid": "val"}, cache_dir=str(root / "cache"), long_pairs="drop")
+                    splits={"train": "train", "valid": "val"}, cache_dir=str(root / "cache"), long_pairs="drop",
+                    workers=None)
     return data_cfg, dict(joint=True, vocab_size=60, newline_piece=None, byte_fallback=False, threads=2, **TOK_OPTIONS)
 
 
@@ -315,7 +329,7 @@ Path(me).touch()
 while not all(Path(p).exists() for p in everyone):
     time.sleep(0.005)
 data = prepare_data(data_cfg, tok_cfg)
-ids = json.dumps([data.train.src, data.train.tgt, data.valid.src, data.valid.tgt]).encode()
+ids = json.dumps([a.tolist() for a in (data.train.src, data.train.tgt, data.valid.src, data.valid.tgt)]).encode()
 print(json.dumps({"model": hashlib.sha1(data.tokenizer.src.serialized_model_proto()).hexdigest(),
                   "ids": hashlib.sha1(ids).hexdigest()}))
 """
@@ -389,11 +403,11 @@ def test_files_left_by_a_killed_preparation_do_not_break_the_next_one(tmp_path):
     (cache / ".tokenizer.4242.deadbeef.tmp" / "spm.model").write_bytes(b"half a model")
     (cache / "tokenizer").mkdir()
     (cache / "tokenizer" / "tokenizer.json").write_text('{"newline_piece": null, "byte_fallback": false}\n')
-    (cache / "train.tmp").write_bytes(b"\x80half a pickle")
-    (cache / ".train.pt.4242.cafef00d.tmp").write_bytes(b"\x80half a pickle")
+    (cache / ".train.src.ids.bin.4242.tmp").write_bytes(b"half an array")
+    (cache / ".valid.references.jsonl.4242.cafef00d.tmp").write_bytes(b'"half a')
     (cache / "prepare.lock").touch()
     data = prepare_data(data_cfg, tok_cfg)
-    assert len(data.train) == 300 and data.tokenizer.decode_tgt(data.valid.tgt[:1]) == data.valid.tgt_text[:1]
+    assert len(data.train) == 300 and data.tokenizer.decode_tgt([data.valid.tgt[0].tolist()]) == data.valid.tgt_text[:1]
     assert sorted(p.name for p in cache.iterdir() if p.name.endswith(".tmp")) == []  # cleaned up
     again = prepare_data(data_cfg, tok_cfg)
     assert again.train.src == data.train.src

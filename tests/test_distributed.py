@@ -55,13 +55,13 @@ def test_every_pair_of_an_epoch_is_seen_exactly_once_across_ranks(world_size):
             assert len({len(p) for p in plans}) == 1  # same number of steps on every rank
             seen = [i for plan in plans for batch in plan for i in batch]
             assert sorted(seen) == sorted(i for b in rest for i in b)
-            assert all(batch for plan in plans for batch in plan)
+            assert all(len(batch) for plan in plans for batch in plan)
 
 
 def test_same_world_size_plan_is_unchanged_by_resuming():
     batches = [[i, i + 100] for i in range(11)]
-    whole = epoch_shard(batches, 1, 2)
-    assert epoch_shard(batches[6:], 1, 2) == whole[3:]  # resume after 3 steps of 2 ranks
+    whole = [b.tolist() for b in epoch_shard(batches, 1, 2)]
+    assert [b.tolist() for b in epoch_shard(batches[6:], 1, 2)] == whole[3:]  # resume after 3 steps of 2 ranks
 
 
 # ---------------------------------------------------------------- DDP
@@ -207,6 +207,37 @@ def test_a_validation_longer_than_the_collective_timeout_does_not_fail(corpus):
     make_trainer(corpus, corpus / "warm", 1)  # fill the data cache before the ranks read it
     torch.multiprocessing.spawn(_slow_validation_worker, args=(corpus, free_port(), 12.0), nprocs=2)
     assert (corpus / "slow_valid" / "checkpoints" / "last.pt").is_file()
+
+
+def _shared_validation_worker(rank: int, root: Path, port: int) -> None:
+    import json
+
+    from seq2seq.training import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    info = distributed.from_environment()
+    distributed.init(info, torch.device("cpu"), "gloo", timeout_minutes=1, main_wait_minutes=1)
+    try:
+        trainer = make_trainer(root, root / f"shared_valid{rank}", 1, dist=info, valid_max_sentences=7)
+        row = trainer.validate()
+        (root / f"shared_valid{rank}.json").write_text(json.dumps(row))
+    finally:
+        distributed.shutdown()
+
+
+def test_validation_shared_by_two_ranks_gives_the_figures_of_one_process(corpus):
+    """Each rank decodes every other pair of the seeded subset; the gathered figures equal one process's."""
+    import json
+
+    alone = make_trainer(corpus, corpus / "valid_alone", 1, valid_max_sentences=7)
+    assert alone.validator.subset.tolist() != list(range(7))  # a seeded random subset, not the first pairs
+    expected = alone.validate()
+    torch.multiprocessing.spawn(_shared_validation_worker, args=(corpus, free_port()), nprocs=2)
+    for rank in (0, 1):
+        row = json.loads((corpus / f"shared_valid{rank}.json").read_text())
+        assert row["valid_bleu"] == expected["valid_bleu"]
+        assert abs(row["valid_nll"] - expected["valid_nll"]) < 1e-5  # float32 sums over other batches
 
 
 # ---------------------------------------------------------------- precision

@@ -124,7 +124,7 @@ def tiny_decoder(tmp_path_factory):
     write_corpus(root, n_train=300, n_valid=10)
     data = prepare_data({"root": str(root), "path": "toy", "format": "text", "src": "src", "tgt": "tgt",
                          "splits": {"train": "train", "valid": "val", "test": "test"},
-                         "cache_dir": str(root / "cache"), "long_pairs": "drop"},
+                         "cache_dir": str(root / "cache"), "long_pairs": "drop", "workers": None},
                         {"model_type": "unigram", "vocab_size": 400, "joint": True, "character_coverage": 1.0,
                          "max_sentences": 10_000, "byte_fallback": True, "newline_piece": None, "threads": 2})  # 256 byte pieces + the toy's
     torch.manual_seed(0)

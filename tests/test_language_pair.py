@@ -2,15 +2,16 @@
 with its own run name and its own preprocessing cache entry."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from helpers.commands import run_cli
 from helpers.corpora import overrides, toy_corpus_lines
 from seq2seq.config import config_dir
+from seq2seq.data.binarized import open_token_array
 from seq2seq.data.tokenizer import Tokenizer
 
 
@@ -45,7 +46,7 @@ def write_en_de(root: Path, name: str = "pair") -> tuple[tuple[list[str], list[s
 
 
 def cache_entries(cache: Path) -> set[Path]:
-    """The complete preprocessing cache entries (one per fingerprint: tokenizer/, train.pt, valid.pt)."""
+    """The complete preprocessing cache entries (one per fingerprint: tokenizer/, the token arrays, references)."""
     return {p for p in cache.iterdir() if (p / "done").is_file()} if cache.is_dir() else set()
 
 
@@ -66,7 +67,8 @@ def test_swapped_suffixes_train_the_reverse_direction_with_their_own_cache(tmp_p
     (forward_entry,) = cache_entries(cache) - {reverse_entry}  # the other direction did not reuse the entry
 
     for entry, source, target, reference in ((reverse_entry, de, en, val_en), (forward_entry, en, de, val_de)):
-        train = torch.load(entry / "train.pt", weights_only=True)
         tokenizer = Tokenizer.load(entry / "tokenizer")
-        assert train["src"] == tokenizer.encode_src(source) and train["tgt"] == tokenizer.encode_tgt(target)
-        assert torch.load(entry / "valid.pt", weights_only=True)["tgt_text"] == reference  # de -> en: English
+        src, tgt = (open_token_array(entry / f"train.{side}").tolist() for side in ("src", "tgt"))
+        assert src == tokenizer.encode_src(source) and tgt == tokenizer.encode_tgt(target)
+        references = (entry / "valid.references.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line) for line in references] == reference  # de -> en: English

@@ -8,7 +8,6 @@ import torch
 
 from helpers.models import transformer_config
 from helpers.training import make_trainer
-from seq2seq.data.batching import collate
 from seq2seq.training.checkpoint import load_checkpoint
 
 
@@ -81,7 +80,7 @@ def test_an_update_the_gradient_scaler_skips_advances_neither_step_nor_schedule(
     first.register_hook(lambda grad: grad * float("inf") if overflow[0] else grad)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     idx = trainer._plan(trainer._epoch_batches())[0]
-    group = [collate([trainer.train_src[i] for i in idx], [trainer.train_tgt[i] for i in idx])]
+    group = [trainer.pairs.collate(idx)]
     stats = trainer._train_step(group)
     assert not stats.updated and trainer.step == 0
     assert trainer.scaler.get_scale() == 512.0

@@ -63,8 +63,8 @@ def full_error_wanted() -> bool:
 class Command:
     """The error handling of one seq2seq-<name> command (see the module docstring)."""
 
-    def __init__(self, name: str):
-        self.name, self.prog = name, f"seq2seq-{name}"
+    def __init__(self, name: str, config_name: str | None = None):
+        self.name, self.prog = config_name or name, f"seq2seq-{name}"
         self._full: bool | None = None   # what the user asked for, read before run() sets HYDRA_FULL_ERROR
         self._task_started = False
 
@@ -119,12 +119,12 @@ class Command:
         sys.exit(code)
 
 
-def entry_point(name: str, work: Callable[[DictConfig], Any]) -> Callable[[], None]:
-    """The main() of seq2seq-<name>: Hydra composes conf/<name>.yaml with the command line, work(cfg) runs, and
-    errors are reported as this module says."""
-    command = Command(name)
+def entry_point(name: str, work: Callable[[DictConfig], Any], config_name: str | None = None) -> Callable[[], None]:
+    """The main() of seq2seq-<name>: Hydra composes conf/<config_name or name>.yaml with the command line,
+    work(cfg) runs, and errors are reported as this module says."""
+    command = Command(name, config_name)
 
-    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=name)
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name or name)
     @command.task
     def _hydra_main(cfg: DictConfig) -> None:
         work(cfg)

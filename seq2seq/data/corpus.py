@@ -50,7 +50,7 @@ def _read_bytes(path: str) -> tuple[bytes, str]:
     return file.read_bytes(), str(path)
 
 
-def _line_text(raw: bytes, number: int, name: str) -> str:
+def line_text(raw: bytes, number: int, name: str) -> str:
     """One line's text (without its line ending); invalid UTF-8 is an error naming the line and the byte."""
     try:
         return raw.decode("utf-8").rstrip("\r")
@@ -70,7 +70,7 @@ def iter_lines(path: str):
         stream, name, close = file.open("rb"), str(path), True
     try:
         for number, raw in enumerate(stream, start=1):
-            yield number, _line_text(raw[:-1] if raw.endswith(b"\n") else raw, number, name)
+            yield number, line_text(raw[:-1] if raw.endswith(b"\n") else raw, number, name)
     finally:
         if close:
             stream.close()
@@ -81,7 +81,7 @@ def read_lines(path: str) -> list[str]:
     return [text for _, text in iter_lines(path)]
 
 
-def _jsonl_record(line: str, number: int, name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
+def jsonl_record(line: str, number: int, name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
     """The string values of the named fields of one JSON Lines line; a blank line, invalid JSON, a line
     that is not an object, a missing field or a value that is not a string (null included) is an
     error naming the file and the line."""
@@ -108,7 +108,7 @@ def _jsonl_record(line: str, number: int, name: str, fields: tuple[str, ...]) ->
 def _jsonl_fields(path: str, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
     """The string values of the named fields, one tuple per line of a JSON Lines file (stdin for '-')."""
     name = "<stdin>" if path == "-" else path
-    return [_jsonl_record(line, number, name, fields) for number, line in iter_lines(path)]
+    return [jsonl_record(line, number, name, fields) for number, line in iter_lines(path)]
 
 
 def iter_documents(path: str, field: str | None = None):
@@ -116,7 +116,7 @@ def iter_documents(path: str, field: str | None = None):
     if not field:
         return (text for _, text in iter_lines(path))
     name = "<stdin>" if path == "-" else path
-    return (_jsonl_record(line, number, name, (field,))[0] for number, line in iter_lines(path))
+    return (jsonl_record(line, number, name, (field,))[0] for number, line in iter_lines(path))
 
 
 def read_documents(path: str, field: str | None = None) -> list[str]:

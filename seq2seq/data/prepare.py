@@ -1,23 +1,29 @@
 """From a data config to encoded splits: read, train or reuse SentencePiece, encode, cache.
 
-The cache folder is keyed by everything that changes the result (the data and
-tokenizer settings and the files' sizes and times), so a second run with the same
-settings skips all preprocessing. Several processes may prepare the same entry at
-once: one builds it under a file lock, the others wait and then read it (cachefiles.py).
+A cache entry is a folder keyed by everything that changes its result (the data and tokenizer settings and
+the files' sizes and times), so a second run with the same settings skips all preprocessing:
+tokenizer/, the token arrays of each split's two sides (binarized.py: flat ids, offsets and lengths, read
+through memory maps), valid.references.jsonl (what validation outputs are scored against) and last `done`.
+Training files in text or JSON Lines are built in parallel chunks (build.py); other inputs (TSV, the hub)
+are read into memory and encoded here. Several processes may prepare the same entry at once: one builds it
+under a file lock, the others wait and then read it (cachefiles.py). An entry whose files do not match their
+manifests (a truncated file) is rebuilt, with a warning.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from seq2seq.config import check_keys
+from seq2seq.data import binarized
+from seq2seq.data.binarized import CacheError, TokenArray
+from seq2seq.data.build import default_workers, encode_chunks, plan_chunks, sample_lines
 from seq2seq.data.cachefiles import cache_lock, remove_stale_temps, write_atomic
-from seq2seq.data.corpus import load_split
+from seq2seq.data.corpus import DataError, load_split
 from seq2seq.data.tokenizer import Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -27,95 +33,70 @@ CORPUS_KEYS = ("root", "path", "format", "src", "tgt", "splits", "hub_id", "hub_
 TOKENIZER_KEYS = ("name", "model_type", "vocab_size", "joint", "character_coverage", "max_sentences",
                   "newline_piece", "byte_fallback", "threads")
 DATA_KEYS = (*CORPUS_KEYS, "name", "max_src_len", "max_tgt_len", "long_pairs", "batch_tokens", "valid_batch_tokens",
-             "cache_dir")
+             "cache_dir", "workers")
+CACHE_FORMAT = 2  # 1: one pickle of nested lists per split (before the token arrays)
+ARRAYS = ("train.src", "train.tgt", "valid.src", "valid.tgt")
+REFERENCES = "valid.references.jsonl"
 LONG_PAIRS = ("truncate", "drop")
 
 
+def check_long_pairs(long_pairs) -> None:
+    if long_pairs not in LONG_PAIRS:
+        raise ValueError(f"data.long_pairs must be one of {', '.join(LONG_PAIRS)}, not {long_pairs!r}")
+
 @dataclass
 class EncodedSplit:
-    src: list[list[int]]
-    tgt: list[list[int]]
+    src: TokenArray
+    tgt: TokenArray
     # the targets as read, kept for the validation split only (what its decoded outputs are scored against)
     tgt_text: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.src)
 
-    def select(self, indices: list[int]) -> "EncodedSplit":
-        return EncodedSplit([self.src[i] for i in indices], [self.tgt[i] for i in indices],
-                            [self.tgt_text[i] for i in indices] if self.tgt_text else [])
-
+    @classmethod
+    def from_lists(cls, src: list, tgt: list, tgt_text: list[str] | None = None,
+                   vocab_size: int = 1 << 16) -> "EncodedSplit":
+        return cls(TokenArray.from_lists(src, vocab_size), TokenArray.from_lists(tgt, vocab_size), list(tgt_text or []))
 
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    train: EncodedSplit
+    train: object   # an EncodedSplit as prepared; the TrainingPairs (seq2seq.data.pairs) training uses
     valid: EncodedSplit
+    folder: Path | None = None  # the cache entry
 
+
+def describe(data: PreparedData) -> str:
+    """Where the entry is and what it holds (seq2seq-prepare prints it)."""
+    sides = [f"{name} {len(split)} pairs, {len(split.src.ids) + len(split.tgt.ids)} tokens"
+             for name, split in (("train", data.train), ("valid", data.valid))]
+    return f"cache entry {data.folder}: {'; '.join(sides)}; vocabulary {data.tokenizer.src_vocab_size}"
 
 def _fingerprint(data: dict, tokenizer: dict) -> str:
     stats = []
     if data.get("root"):
         base = Path(data["root"]) / data["path"]
         if base.is_dir():
-            for file in sorted(base.iterdir()):
+            for file in sorted(p for p in base.rglob("*") if p.is_file()):
                 st = file.stat()
-                stats.append((file.name, st.st_size, int(st.st_mtime)))
-    key = json.dumps({"data": {k: data.get(k) for k in CORPUS_KEYS}, "files": stats, "tokenizer": tokenizer},
-                     sort_keys=True, default=str)
+                stats.append((str(file.relative_to(base)), st.st_size, int(st.st_mtime)))
+    key = json.dumps({"data": {k: data.get(k) for k in CORPUS_KEYS}, "files": stats, "tokenizer": tokenizer,
+                      "format": CACHE_FORMAT}, sort_keys=True, default=str)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
-
-def _encode(tokenizer: Tokenizer, corpus, keep_text: bool) -> EncodedSplit:
-    return EncodedSplit(tokenizer.encode_src(corpus.src), tokenizer.encode_tgt(corpus.tgt),
-                        list(corpus.tgt) if keep_text else [])
-
-
-def _save(split: EncodedSplit, path: Path) -> None:
-    blob = {"src": split.src, "tgt": split.tgt, "tgt_text": split.tgt_text}
-    write_atomic(path, lambda tmp: torch.save(blob, tmp))
-
-
-def _load(path: Path) -> EncodedSplit:
-    blob = torch.load(path, weights_only=True)
-    return EncodedSplit(blob["src"], blob["tgt"], blob.get("tgt_text", []))
-
-
-def _check_long_pairs(long_pairs) -> None:
-    if long_pairs not in LONG_PAIRS:
-        raise ValueError(f"data.long_pairs must be one of {', '.join(LONG_PAIRS)}, not {long_pairs!r}")
-
-
-def filter_training_pairs(split: EncodedSplit, max_src_len: int, max_tgt_len: int,
-                          long_pairs: str = "drop") -> EncodedSplit:
-    """Drop pairs with an empty side; cut (long_pairs='truncate') or drop ('drop') pairs with a side longer
-    than its limit, EOS included; log how many of each. Texts are kept whole (only valid's are read)."""
-    _check_long_pairs(long_pairs)
-    keep, src, tgt = [], [], []
-    empty = long = cut_src = cut_tgt = 0
-    for i, (s, t) in enumerate(zip(split.src, split.tgt)):
-        if not s or not t:
-            empty += 1
-            continue
-        src_long, tgt_long = len(s) + 1 > max_src_len, len(t) + 1 > max_tgt_len
-        if (src_long or tgt_long) and long_pairs == "drop":
-            long += 1
-            continue
-        cut_src += src_long
-        cut_tgt += tgt_long
-        keep.append(i)
-        src.append(s[: max_src_len - 1] if src_long else s)
-        tgt.append(t[: max_tgt_len - 1] if tgt_long else t)
-    if empty or long:
-        log.warning("training data: dropped %d pairs with an empty side and %d longer than %d/%d subwords "
-                    "(%d of %d kept)", empty, long, max_src_len, max_tgt_len, len(keep), len(split))
-    if cut_src or cut_tgt:
-        log.warning("training data: truncated %d sources to %d and %d targets to %d subwords (EOS included; "
-                    "data.long_pairs=truncate)", cut_src, max_src_len, cut_tgt, max_tgt_len)
-    if len(keep) == len(split) and not (cut_src or cut_tgt):
-        return split
-    return replace(split.select(keep), src=src, tgt=tgt)
-
+def _load(cache: Path) -> PreparedData:
+    """The entry's tokenizer and splits; CacheError when a file is missing or does not match its manifest."""
+    arrays = {name: binarized.open_token_array(cache / name) for name in ARRAYS}
+    refs_file = cache / REFERENCES
+    try:
+        refs = [json.loads(line) for line in refs_file.read_text(encoding="utf-8").splitlines()]
+    except (OSError, ValueError) as err:
+        raise CacheError(f"{refs_file}: not readable ({err})") from None
+    if len(refs) != len(arrays["valid.tgt"]):
+        raise CacheError(f"{refs_file}: {len(refs)} references for {len(arrays['valid.tgt'])} validation pairs")
+    return PreparedData(Tokenizer.load(cache / "tokenizer"), EncodedSplit(arrays["train.src"], arrays["train.tgt"]),
+                        EncodedSplit(arrays["valid.src"], arrays["valid.tgt"], refs), cache)
 
 def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
     """Encoded train and valid splits and their tokenizer, from the cache when it has them.
@@ -124,30 +105,89 @@ def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
     """
     check_keys("data", data, DATA_KEYS)
     check_keys("tokenizer", tokenizer, TOKENIZER_KEYS)
-    _check_long_pairs(data["long_pairs"])
+    check_long_pairs(data["long_pairs"])
     cache = Path(data["cache_dir"]) / _fingerprint(data, tokenizer)
     done = cache / "done"
-    if not done.is_file():
-        with cache_lock(cache / "prepare.lock", f"preprocessing into {cache}"):
-            if not done.is_file():  # else the process we waited for has just built it
-                return _build(data, tokenizer, cache, seed)
-    log.info("using cached preprocessing in %s", cache)
-    return PreparedData(Tokenizer.load(cache / "tokenizer"), _load(cache / "train.pt"), _load(cache / "valid.pt"))
+    for attempt in (1, 2):
+        if not done.is_file():
+            with cache_lock(cache / "prepare.lock", f"preprocessing into {cache}"):
+                if not done.is_file():  # else the process we waited for has just built it
+                    return _build(data, tokenizer, cache, seed)
+        try:
+            prepared = _load(cache)
+            log.info("using cached preprocessing in %s", cache)
+            return prepared
+        except CacheError as err:
+            if attempt == 2:
+                raise
+            log.warning("the cache entry %s is damaged (%s): building it again", cache, err)
+            with cache_lock(cache / "prepare.lock", f"removing the damaged entry {cache}"):
+                done.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
 
+def _train_groups(data: dict) -> list[tuple[str, str]] | None:
+    """The training file groups (source, target) that the parallel build reads, or None for a split read in
+    memory (TSV, the hub). data.splits.train may name several files and glob patterns."""
+    names = data["splits"].get("train") if isinstance(data["splits"], dict) else None
+    several = isinstance(names, (list, tuple))
+    if not data.get("root") or data["format"] not in ("text", "jsonl"):
+        if several:
+            raise DataError("data.splits.train: several files or patterns need data.format text or jsonl and data.root")
+        return None
+    if names is None:
+        raise DataError(f"data.splits names no 'train' split (it has: {', '.join(data['splits'])})")
+    base = Path(data["root"]) / data["path"]
+    suffix = f".{data['src']}" if data["format"] == "text" else ".jsonl"
+    groups = []
+    for pattern in names if several else [names]:
+        if glob.has_magic(pattern):
+            matches = sorted(str(p) for p in base.glob(pattern + suffix))
+            if not matches:
+                raise DataError(f"data.splits.train: no file matches {base / (pattern + suffix)}")
+        else:
+            matches = [str(base / (pattern + suffix))]
+        for src in matches:
+            tgt = src[: -len(suffix)] + f".{data['tgt']}" if data["format"] == "text" else src
+            groups.append((src, tgt))
+    return groups
 
 def _build(data: dict, tokenizer: dict, cache: Path, seed: int) -> PreparedData:
-    """Fill the cache entry (the caller holds its lock): tokenizer/, train.pt, valid.pt, and last done."""
-    remove_stale_temps(cache, "train.pt", "valid.pt", "done")
+    """Fill the cache entry (the caller holds its lock): tokenizer/, the token arrays, the references, last done."""
+    remove_stale_temps(cache, *(f"{name}.{kind}" for name in ARRAYS for kind in ("ids.bin", "offsets.npy",
+                                                                               "lengths.npy", "json")),
+                       REFERENCES, "done")
     corpus_args = {k: data.get(k) for k in CORPUS_KEYS}
-    train = load_split("train", **corpus_args)
-    valid = load_split("valid", **corpus_args)
-    log.info("read %d training and %d validation pairs", len(train), len(valid))
+    workers = default_workers(data["workers"])
     tok_options = {k: tokenizer[k] for k in ("model_type", "vocab_size", "character_coverage", "max_sentences", "threads")}
-    tok = build_tokenizer(train.src, train.tgt, cache / "tokenizer", joint=tokenizer["joint"], seed=seed,
-                          newline_piece=tokenizer["newline_piece"], byte_fallback=tokenizer["byte_fallback"],
-                          **tok_options)
-    encoded_train, encoded_valid = _encode(tok, train, keep_text=False), _encode(tok, valid, keep_text=True)
-    _save(encoded_train, cache / "train.pt")
-    _save(encoded_valid, cache / "valid.pt")
+    tok_args = dict(joint=tokenizer["joint"], seed=seed, newline_piece=tokenizer["newline_piece"],
+                    byte_fallback=tokenizer["byte_fallback"], **tok_options)
+    groups = _train_groups(data)
+    if groups is None:
+        train = load_split("train", **corpus_args)
+        log.info("read %d training pairs", len(train))
+        tok = build_tokenizer(train.src, train.tgt, cache / "tokenizer", **tok_args)
+        vocab = max(tok.src_vocab_size, tok.tgt_vocab_size)
+        train_src = binarized.write_token_array(cache / "train.src", tok.encode_src(train.src), vocab)
+        train_tgt = binarized.write_token_array(cache / "train.tgt", tok.encode_tgt(train.tgt), vocab)
+        del train
+    else:
+        fields = (data["src"], data["tgt"])
+        chunks = plan_chunks(groups, data["format"], fields)
+        log.info("%d training pairs in %d file(s), %d chunks", sum(c.lines for c in chunks), len(groups), len(chunks))
+        try:
+            tok = Tokenizer.load(cache / "tokenizer")  # trained by an interrupted build
+        except FileNotFoundError:
+            sample = sample_lines(chunks, tokenizer["max_sentences"], tokenizer["joint"], seed, workers)
+            tok = build_tokenizer(*sample, cache / "tokenizer", **tok_args)
+            del sample
+        train_src, train_tgt = encode_chunks(chunks, cache / "tokenizer", cache, "train", workers)
+    valid = load_split("valid", **corpus_args)
+    log.info("read %d validation pairs", len(valid))
+    vocab = max(tok.src_vocab_size, tok.tgt_vocab_size)
+    valid_src = binarized.write_token_array(cache / "valid.src", tok.encode_src(valid.src), vocab)
+    valid_tgt = binarized.write_token_array(cache / "valid.tgt", tok.encode_tgt(valid.tgt), vocab)
+    refs = "".join(json.dumps(text, ensure_ascii=False) + "\n" for text in valid.tgt)
+    write_atomic(cache / REFERENCES, lambda tmp: tmp.write_text(refs, encoding="utf-8"))
     write_atomic(cache / "done", lambda tmp: tmp.write_text("ok\n"))
-    return PreparedData(tok, encoded_train, encoded_valid)
+    return PreparedData(tok, EncodedSplit(train_src, train_tgt), EncodedSplit(valid_src, valid_tgt, list(valid.tgt)),
+                        cache)

@@ -147,11 +147,12 @@ class Tokenizer:
             return lines
         return [newlines_to_piece(line, self.newline_piece) for line in lines]
 
-    def encode_src(self, lines: list[str]) -> list[list[int]]:
-        return self.src.encode(self._text(lines))
+    def encode_src(self, lines: list[str], threads: int | None = None) -> list[list[int]]:
+        """The lines' ids; threads: SentencePiece's (None: its default, every core)."""
+        return self.src.encode(self._text(lines), num_threads=threads)
 
-    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
-        return self.tgt.encode(self._text(lines))
+    def encode_tgt(self, lines: list[str], threads: int | None = None) -> list[list[int]]:
+        return self.tgt.encode(self._text(lines), num_threads=threads)
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         texts = self.tgt.decode(ids)

@@ -30,10 +30,14 @@ class TrainerOptions:
     progress: bool = True
     precision: str = "auto"
     max_bad_steps: int = 5
+    num_workers: int = 0
 
     def __post_init__(self):
         if not (self.max_steps or self.max_epochs or self.max_minutes):
             raise ValueError("set at least one of trainer.max_steps, trainer.max_epochs, trainer.max_minutes")
+        if self.num_workers < 0:
+            raise ValueError(f"trainer.num_workers={self.num_workers}: expected 0 (batches made in the training "
+                             "process) or more")
         if self.accum_steps < 1 or self.valid_every < 1 or self.log_every < 1 or self.max_bad_steps < 1:
             raise ValueError("trainer.accum_steps, trainer.valid_every, trainer.log_every and "
                              "trainer.max_bad_steps must be >= 1")

@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from seq2seq.data.batching import bucket_batches, collate, epoch_shard
+from seq2seq.data.batching import PlanBatches, bucket_batches, epoch_shard
 from seq2seq.data.prepare import PreparedData
 from seq2seq.errors import PeerFailure
 from seq2seq.generation.options import GenerationOptions
@@ -65,11 +65,11 @@ class Trainer:
         beam = options.valid_beam_size > 1
         self.validator = Validator(data, options.valid_metric, options.valid_max_sentences, GenerationOptions(**{
             **generation.__dict__, "strategy": "beam" if beam else "greedy", "beam_size": max(options.valid_beam_size, 1),
-            "nbest": 1, "coverage_penalty": generation.coverage_penalty if beam else 0.0}), valid_batch_tokens, device)
-        self.train_src = [torch.as_tensor(s, dtype=torch.long) for s in data.train.src]
-        self.train_tgt = [torch.as_tensor(t, dtype=torch.long) for t in data.train.tgt]
-        self.src_lens = [len(s) + 1 for s in data.train.src]
-        self.tgt_lens = [len(t) + 1 for t in data.train.tgt]
+            "nbest": 1, "coverage_penalty": generation.coverage_penalty if beam else 0.0}), valid_batch_tokens, device,
+            dist, seed)
+        self.pairs = data.train  # TrainingPairs: an index into the memory-mapped cache (seq2seq.data.pairs)
+        self.src_lens, self.tgt_lens = self.pairs.lengths()
+        self._batches_of: tuple[int, list] = (-1, [])  # (epoch, its batches)
         self.seed = seed
         self.precision, record = self._choose_precision(options.precision, host_cache, model_config)
         self.setup = {**(setup or {}), "precision": record}
@@ -106,11 +106,9 @@ class Trainer:
         epoch's (the median-sized one of the first few; seq2seq.training.precision)."""
         batches = []
         if requested == "auto" and self.device.type != "cuda":
-            first = bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True, seed=self.seed,
-                                   epoch=0)[:5] if self.train_src else []
+            first = self._batches(0)[:5] if len(self.pairs) else []
             if first:
-                idx = sorted(first, key=len)[len(first) // 2]
-                batches = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx]).to(self.device)]
+                batches = [self.pairs.collate(sorted(first, key=len)[len(first) // 2]).to(self.device)]
         if requested == "auto" and self.device.type != "cuda" and not batches:
             return "fp32", {"precision": "fp32", "chosen_by": "auto: no training batch to time"}
         chosen = record = None
@@ -139,13 +137,29 @@ class Trainer:
                 self.writer.add_scalar(key, value, row["step"])
 
     def _epoch_batches(self) -> list:
-        """The whole epoch's batches, the same on every rank and in every run with this seed."""
-        return bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True, seed=self.seed,
-                              epoch=self.epoch)
+        """The whole epoch's batches, the same on every rank and in every run with this seed (made once per epoch:
+        a second or so at millions of pairs)."""
+        return self._batches(self.epoch)
+
+    def _batches(self, epoch: int) -> list:
+        if self._batches_of[0] != epoch:
+            self._batches_of = (epoch, bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, shuffle=True,
+                                                      seed=self.seed, epoch=epoch))
+        return self._batches_of[1]
 
     def _plan(self, batches: list) -> list:
         """This rank's batches for the rest of the epoch (from epoch_start on)."""
         return epoch_shard(batches[self.epoch_start :], self.dist.rank, self.dist.world_size)
+
+    def _loader(self, plan: list) -> torch.utils.data.DataLoader:
+        """The plan's batches in order, assembled by trainer.num_workers processes (pinned on CUDA). The loader gets a
+        generator of its own: an iterator draws its workers' seed from it, which would otherwise be a draw from the
+        global RNG (the dropout masks'), made at every epoch's start, and resume would no longer be exact."""
+        workers = self.opts.num_workers
+        return torch.utils.data.DataLoader(PlanBatches(plan, self.pairs.collate), batch_size=None, shuffle=False,
+                                           num_workers=workers, pin_memory=self.device.type == "cuda",
+                                           prefetch_factor=4 if workers else None, persistent_workers=False,
+                                           generator=torch.Generator().manual_seed(self.seed))
 
     def _global_done(self, plan_length: int) -> int:
         """Batches of the epoch consumed by all ranks together: where any number of processes resumes."""
@@ -320,18 +334,19 @@ class Trainer:
                 f"{limit}), at step {self.step}; the last good checkpoint is {self.checkpoints / 'last.pt'}. "
                 "Lower optim.lr, lengthen lr_scheduler.warmup_steps, check the data, or use trainer.precision=fp32")
 
-    def validate(self) -> dict:
-        """Validation loss and metric of the model as it is now (seq2seq.training.validation)."""
-        row = {"step": self.step, **self.validator(self.model, self._autocast)}
+    def validate(self, shared: bool = True) -> dict:
+        """Validation loss and metric of the model as it is now (seq2seq.training.validation): every rank
+        validates its share (shared), or the calling rank all of it."""
+        row = {"step": self.step, **self.validator(self.model, self._autocast, shared)}
         self.last_valid_seconds = row["valid_seconds"]
         return row
 
     def _validate_and_save(self, plan_length: int) -> bool:
-        """Validate (rank 0; the others wait), keep best and last; True when patience has run out."""
+        """Validate (every rank its share), keep best and last (rank 0); True when patience has run out."""
         out_of_patience = improved = False
         metric = self.opts.valid_metric
+        row = self.validate()
         if self.dist.is_main:
-            row = self.validate()
             value = row[f"valid_{metric}"]
             better = (lambda a, b: a > b) if higher_is_better(metric) else (lambda a, b: a < b)
             improved = self.best_score is None or better(value, self.best_score)
@@ -357,7 +372,7 @@ class Trainer:
         row = None
         if self.dist.is_main:
             row = average_and_compare(self.model, self.checkpoints, self.opts.average_last, self.opts.valid_metric,
-                                      self.best_score, self.epoch, self.validate)
+                                      self.best_score, self.epoch, lambda: self.validate(shared=False))
             if row is not None:
                 row["step"] = self.step
                 if row["best_is"] == "averaged":
@@ -452,10 +467,9 @@ class Trainer:
                 reason = f"reached trainer.max_epochs={o.max_epochs}"
                 break
             plan = self._plan(self._epoch_batches())
+            loader = iter(self._loader(plan[self.batch_in_epoch :]))
             while self.batch_in_epoch < len(plan):
-                group_idx = plan[self.batch_in_epoch : self.batch_in_epoch + o.accum_steps]
-                group = [collate([self.train_src[i] for i in idx], [self.train_tgt[i] for i in idx])
-                         for idx in group_idx]
+                group = [next(loader) for _ in range(min(o.accum_steps, len(plan) - self.batch_in_epoch))]
                 t0 = time.time()
                 stats = self._train_step(group)
                 updated = stats.updated

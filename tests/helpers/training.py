@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from helpers.models import transformer_config
+from seq2seq.data.pairs import filter_training_pairs
 from seq2seq.data.prepare import prepare_data
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.models.model import build_model
@@ -18,10 +19,11 @@ def make_trainer(root: Path, run: Path, steps: int, dist=None, config=None, opti
     (default a 1-layer Transformer), optim: optim keys to change, schedule: the lr_scheduler group."""
     splits = {"train": "train", "valid": "val", "test": "test"}
     data = prepare_data({"root": str(root), "path": "toy", "format": "text", "src": "src", "tgt": "tgt",
-                         "splits": splits, "cache_dir": str(root / "cache"), "long_pairs": "drop"},
+                         "splits": splits, "cache_dir": str(root / "cache"), "long_pairs": "drop", "workers": None},
                         {"model_type": "unigram", "vocab_size": 80, "joint": True, "character_coverage": 1.0,
                          "max_sentences": 10_000, "newline_piece": None, "byte_fallback": False, "threads": 2})
     config = config or transformer_config(layers=1, dim=32, heads=2, ffn=64, dropout=0.1, max_positions=128)
+    data.train = filter_training_pairs(data.train, config["max_positions"], config["max_positions"])
     torch.manual_seed(1)
     model = build_model(config, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
     opts = TrainerOptions(**{"max_steps": steps, "valid_every": 1000, "valid_max_sentences": 4, "log_every": 1,
