@@ -31,7 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "recipe=multi30k_en_de_transformer"
-MARK = "DATA_SCALE_MEMORY "
+MAX_SENTENCES = [2_000_000]
 
 
 def write_corpus(folder: Path, pairs: int, seed: int = 1) -> None:
@@ -80,15 +80,25 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+# the preparation's phases, told by the last log lines, and the peak tree RSS within each
+PHASES = (("encoding", "encoding "), ("sentencepiece", "training SentencePiece"), ("sampling", "training pairs in"))
+phase_peaks: dict[str, int] = {}
+
+
 def run_watched(cmd: list[str], env: dict) -> tuple[float, int, list[str], float | None]:
     """(seconds, peak tree RSS, output lines, seconds to the first 'step 1 |' line) of cmd."""
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, lines, first_step = [0], [], [None]
+    phase_peaks.clear()
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            rss = tree_rss(proc.pid)
+            peak[0] = max(peak[0], rss)
+            phase = next((p for p, words in PHASES if any(words in line for line in lines[-3:])), None)
+            if phase:
+                phase_peaks[phase] = max(phase_peaks.get(phase, 0), rss)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -105,7 +115,7 @@ def run_watched(cmd: list[str], env: dict) -> tuple[float, int, list[str], float
 
 
 def data_overrides(folder: Path, name: str) -> list[str]:
-    return [RECIPE, f"data.root={folder}", f"data.path={name}", "data.src=src", "data.tgt=tgt", "data.splits.train=train",
+    return [RECIPE, f"tokenizer.max_sentences={MAX_SENTENCES[0]}", f"data.root={folder}", f"data.path={name}", "data.src=src", "data.tgt=tgt", "data.splits.train=train",
             "data.splits.valid=val", "data.splits.test=val", f"data.cache_dir={folder / 'cache'}"]
 
 
@@ -115,20 +125,33 @@ def measure(folder: Path, pairs: int, steps: int, ranks: int, env: dict) -> dict
     row = {"pairs": pairs}
     prepare = [sys.executable, "-m", "seq2seq.cli.prepare", *data_overrides(folder, name)]
     row["prepare_s"], row["prepare_peak"], lines, _ = run_watched(prepare, env)
+    row["prepare_phase_peaks"] = dict(phase_peaks)
     row["prepare_log"] = [line for line in lines if "cache entry" in line or "chunks" in line]
     train_args = [*data_overrides(folder, name), f"trainer.max_steps={steps}", "trainer.valid_every=100000",
                   "trainer.valid_max_sentences=50", "trainer.log_every=1", "trainer.average_last=0",
                   "trainer.keep_last=0", f"run_dir={folder / 'runs' / name}"]
     one = [sys.executable, str(Path(__file__).resolve()), "_train", *train_args]
-    _, _, lines, row["first_step_s"] = run_watched(one, env)
-    row["train"] = [json.loads(line.split(MARK, 1)[1]) for line in lines if MARK in line]
+    _, _, lines, row["first_step_s"] = run_watched(one, reports(env, folder / "reports" / name))
+    row["train"] = read_reports(folder / "reports" / name)
     if ranks > 1:
         many = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                 str(Path(__file__).resolve()), "_train", *train_args[:-1], "threads=1",
                 f"run_dir={folder / 'runs' / (name + '_ddp')}"]
-        _, row["ddp_tree_peak"], lines, row["ddp_first_step_s"] = run_watched(many, env)
-        row["ddp"] = [json.loads(line.split(MARK, 1)[1]) for line in lines if MARK in line]
+        _, row["ddp_tree_peak"], lines, row["ddp_first_step_s"] = run_watched(many, reports(env, folder / "reports" / f"{name}_ddp"))
+        row["ddp"] = read_reports(folder / "reports" / f"{name}_ddp")
     return row
+
+
+def reports(env: dict, folder: Path) -> dict:
+    """env with DATA_SCALE_REPORTS: the (emptied) folder where each training process writes its memory_report()."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("rank*.json"):
+        old.unlink()
+    return {**env, "DATA_SCALE_REPORTS": str(folder)}
+
+
+def read_reports(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]
 
 
 def memory_report() -> dict:
@@ -151,7 +174,8 @@ def train_here(argv: list[str]) -> None:
     try:
         main()
     finally:
-        print(MARK + json.dumps(memory_report()), flush=True)
+        report = memory_report()
+        Path(os.environ["DATA_SCALE_REPORTS"], f"rank{report['rank']}.json").write_text(json.dumps(report))
 
 
 def mib(value: int) -> str:
@@ -167,7 +191,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, nargs="+", default=[500_000, 8_000_000])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ranks", type=int, default=2, help="gloo ranks of the second training (1: none)")
+    parser.add_argument("--max-sentences", type=int, default=2_000_000,
+                        help="tokenizer.max_sentences (the same for every size, so that their subword lengths match)")
     args = parser.parse_args()
+    MAX_SENTENCES[0] = args.max_sentences
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     rows = [measure(args.folder, n, args.steps, args.ranks, env) for n in args.pairs]
     print(f"{'pairs':>10s} | prepare s | prepare peak MiB | first step s | train peak RSS | Rss / Pss / Private / "
@@ -180,6 +207,7 @@ def main() -> None:
               f"{mib(t['Pss'])} / {mib(t['Private'])} / {mib(t['Anonymous'])} | "
               f"{row.get('ddp_first_step_s') or float('nan'):.1f}, {ddp}")
         print("            " + " | ".join(row["prepare_log"]))
+        print("            prepare peak by phase (MiB): " + ", ".join(f"{k} {mib(v)}" for k, v in row["prepare_phase_peaks"].items()))
     if len(rows) > 1:
         big, small = rows[-1]["train"][0], rows[0]["train"][0]
         print(f"train peak RSS {rows[-1]['pairs']:,} / {rows[0]['pairs']:,} pairs: {big['peak_rss'] / small['peak_rss']:.2f}x;"

@@ -215,7 +215,7 @@ def test_a_batch_sliced_from_the_maps_equals_the_list_collate(tmp_path):
     split = EncodedSplit(write_token_array(tmp_path / "s", src, 100), write_token_array(tmp_path / "t", tgt, 100))
     pairs = filter_training_pairs(split, 9, 7, long_pairs="truncate")  # cut to 8 and 6 ids (+ EOS)
     kept = [i for i in range(60) if src[i] and tgt[i]]
-    assert pairs.index.tolist() == kept
+    assert pairs.index.tolist() == kept and pairs.readers[0].on_disk  # read with pread, not mapped
     batch = [3, 0, 17, 5]
     expected = collate([src[kept[i]][:8] for i in batch], [tgt[kept[i]][:6] for i in batch])
     got = pairs.collate(np.array(batch))
