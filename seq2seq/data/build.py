@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -132,6 +133,13 @@ def _encode_task(args) -> int:
 
 def _run(task: Callable, jobs: list, workers: int) -> list:
     """task over jobs in order, in `workers` fresh processes (in this one for a single worker)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if workers > 1 and main_file and not os.path.isfile(main_file):
+        # spawned processes re-import __main__ from its file: a program read from stdin has none, and a pool of
+        # such workers dies and restarts forever. Do the work here instead.
+        log.warning("data.workers=%d: the program (%s) is not a file that worker processes can import; "
+                    "encoding in this process", workers, main_file)
+        workers = 1
     if workers <= 1 or len(jobs) <= 1:
         return [task(job) for job in jobs]
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's threads
