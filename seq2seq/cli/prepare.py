@@ -2,7 +2,7 @@
 
 `seq2seq-prepare recipe=<name> [data.workers=N] [key=value ...]` takes the same configuration as
 seq2seq-train (its data and tokenizer groups decide the cache entry), builds the entry that
-seq2seq-train will then find (SentencePiece and the binarized splits; docs/training.md, "Data at scale"),
+seq2seq-train will then find (SentencePiece and the binarized splits; docs/data.md),
 and prints where it is. Writes no run folder. Like fairseq-preprocess, but the same config as training.
 """
 from __future__ import annotations

@@ -72,7 +72,7 @@ def bucket_batches(src_lens, tgt_lens, max_tokens: int, *, shuffle: bool, seed: 
     lengths = (np.maximum(src_lens, tgt_lens) + 1)[order]
     bounds, start = [0], 0
     while start < n:
-        window = lengths[start : start + max(max_tokens // int(lengths[start]), 0) + 1]
+        window = lengths[start : start + max_tokens // int(lengths[start]) + 1]  # the most a batch can hold
         cost = np.maximum.accumulate(window) * np.arange(1, len(window) + 1)
         over = np.flatnonzero(cost > max_tokens)
         start += max(int(over[0]) if over.size else len(window), 1)
@@ -126,7 +126,7 @@ def epoch_shard(batches: list, rank: int, world_size: int) -> list:
 
 class PlanBatches(torch.utils.data.Dataset):
     """The batches of a plan (lists of pair positions) as a DataLoader reads them: item k is batch k,
-    assembled by collate (TrainingPairs.collate: sliced out of the memory-mapped cache)."""
+    assembled by collate (TrainingPairs.collate: read from the cache files)."""
 
     def __init__(self, plan: list, collate_fn):
         self.plan, self.collate_fn = plan, collate_fn

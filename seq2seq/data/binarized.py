@@ -70,9 +70,6 @@ class TokenArray:
     def tolist(self) -> list[list[int]]:
         return [self[i].tolist() for i in range(len(self))]
 
-    def take(self, indices: Sequence[int]) -> list[np.ndarray]:
-        return [self[i] for i in indices]
-
     @classmethod
     def from_lists(cls, sequences: Iterable[Sequence[int]], vocab_size: int = 1 << 16) -> "TokenArray":
         """An in-memory array of the sequences (tests, small splits)."""
@@ -137,10 +134,6 @@ def write_token_array(prefix: Path, sequences: Sequence[Sequence[int]], vocab_si
     writer = TokenArrayWriter(prefix, vocab_size)
     writer.add(sequences)
     return writer.close()
-
-
-def exists(prefix: Path) -> bool:
-    return _files(prefix)["manifest"].is_file()
 
 
 def open_token_array(prefix: Path) -> TokenArray:

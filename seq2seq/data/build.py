@@ -120,11 +120,16 @@ def _sample_task(args) -> tuple[list[str], list[str]]:
     return [src[i] for i in src_wanted], [tgt[i] for i in tgt_wanted]
 
 
+def vocab_size(tok: Tokenizer) -> int:
+    """The id range both sides' token arrays must hold."""
+    return max(tok.src_vocab_size, tok.tgt_vocab_size)
+
+
 def _encode_task(args) -> int:
     chunk, tokenizer_folder, prefix = args
     tok = Tokenizer.load(Path(tokenizer_folder))
     src, tgt = read_chunk(chunk)
-    vocab = max(tok.src_vocab_size, tok.tgt_vocab_size)
+    vocab = vocab_size(tok)
     binarized.write_token_array(Path(prefix + ".src"), tok.encode_src(src, threads=1), vocab)
     binarized.write_token_array(Path(prefix + ".tgt"), tok.encode_tgt(tgt, threads=1), vocab)
     write_atomic(Path(prefix + ".done"), lambda tmp: tmp.write_text("ok\n"))
@@ -184,7 +189,7 @@ def encode_chunks(chunks: list[Chunk], tokenizer_folder: Path, cache: Path, name
     log.info("encoding %d chunks of up to %d lines in %d processes", len(todo), chunks[0].lines if chunks else 0,
              min(workers, max(len(todo), 1)))
     _run(_encode_task, todo, workers)
-    vocab = max(Tokenizer.load(tokenizer_folder).src_vocab_size, Tokenizer.load(tokenizer_folder).tgt_vocab_size)
+    vocab = vocab_size(Tokenizer.load(tokenizer_folder))
     joined = []
     for side in ("src", "tgt"):
         writer = binarized.TokenArrayWriter(cache / f"{name}.{side}", vocab)

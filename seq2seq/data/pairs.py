@@ -50,6 +50,11 @@ class SequenceReader:
     def __getstate__(self):  # a DataLoader worker started by spawn opens its own files
         return {**self.__dict__, "_fds": None}
 
+    def __del__(self):
+        if self._fds is not None and self._fds[0] == os.getpid():
+            os.close(self._fds[1])
+            os.close(self._fds[2])
+
 
 @dataclass(frozen=True, eq=False)
 class TrainingPairs:
@@ -73,7 +78,7 @@ class TrainingPairs:
         for side, cut in ((self.src, self.src_cut), (self.tgt, self.tgt_cut)):
             lengths = np.asarray(side.lengths) if self.index is None else np.asarray(side.lengths)[self.index]
             kind = np.uint16 if cut < (1 << 16) - 2 else np.int64
-            out.append(np.minimum(lengths.astype(kind, copy=False), cut).astype(kind) + kind(1))
+            out.append(np.minimum(lengths.astype(kind, copy=False), cut) + 1)
         return out[0], out[1]
 
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from seq2seq.config import check_keys
 from seq2seq.data import binarized
 from seq2seq.data.binarized import CacheError, TokenArray
-from seq2seq.data.build import default_workers, encode_chunks, plan_chunks, sample_lines
+from seq2seq.data.build import default_workers, encode_chunks, plan_chunks, sample_lines, vocab_size
 from seq2seq.data.cachefiles import cache_lock, remove_stale_temps, write_atomic
 from seq2seq.data.corpus import DataError, load_split
 from seq2seq.data.tokenizer import Tokenizer, build_tokenizer
@@ -108,22 +108,21 @@ def prepare_data(data: dict, tokenizer: dict, *, seed: int = 1) -> PreparedData:
     check_long_pairs(data["long_pairs"])
     cache = Path(data["cache_dir"]) / _fingerprint(data, tokenizer)
     done = cache / "done"
-    for attempt in (1, 2):
-        if not done.is_file():
-            with cache_lock(cache / "prepare.lock", f"preprocessing into {cache}"):
-                if not done.is_file():  # else the process we waited for has just built it
-                    return _build(data, tokenizer, cache, seed)
+    if done.is_file():
         try:
             prepared = _load(cache)
             log.info("using cached preprocessing in %s", cache)
             return prepared
         except CacheError as err:
-            if attempt == 2:
-                raise
             log.warning("the cache entry %s is damaged (%s): building it again", cache, err)
             with cache_lock(cache / "prepare.lock", f"removing the damaged entry {cache}"):
                 done.unlink(missing_ok=True)
-    raise AssertionError("unreachable")
+    with cache_lock(cache / "prepare.lock", f"preprocessing into {cache}"):
+        if not done.is_file():  # else the process we waited for has just built it
+            return _build(data, tokenizer, cache, seed)
+    log.info("using cached preprocessing in %s", cache)
+    return _load(cache)
+
 
 def _train_groups(data: dict) -> list[tuple[str, str]] | None:
     """The training file groups (source, target) that the parallel build reads, or None for a split read in
@@ -166,7 +165,7 @@ def _build(data: dict, tokenizer: dict, cache: Path, seed: int) -> PreparedData:
         train = load_split("train", **corpus_args)
         log.info("read %d training pairs", len(train))
         tok = build_tokenizer(train.src, train.tgt, cache / "tokenizer", **tok_args)
-        vocab = max(tok.src_vocab_size, tok.tgt_vocab_size)
+        vocab = vocab_size(tok)
         train_src = binarized.write_token_array(cache / "train.src", tok.encode_src(train.src), vocab)
         train_tgt = binarized.write_token_array(cache / "train.tgt", tok.encode_tgt(train.tgt), vocab)
         del train
@@ -183,7 +182,7 @@ def _build(data: dict, tokenizer: dict, cache: Path, seed: int) -> PreparedData:
         train_src, train_tgt = encode_chunks(chunks, cache / "tokenizer", cache, "train", workers)
     valid = load_split("valid", **corpus_args)
     log.info("read %d validation pairs", len(valid))
-    vocab = max(tok.src_vocab_size, tok.tgt_vocab_size)
+    vocab = vocab_size(tok)
     valid_src = binarized.write_token_array(cache / "valid.src", tok.encode_src(valid.src), vocab)
     valid_tgt = binarized.write_token_array(cache / "valid.tgt", tok.encode_tgt(valid.tgt), vocab)
     refs = "".join(json.dumps(text, ensure_ascii=False) + "\n" for text in valid.tgt)

@@ -67,7 +67,7 @@ class Trainer:
             **generation.__dict__, "strategy": "beam" if beam else "greedy", "beam_size": max(options.valid_beam_size, 1),
             "nbest": 1, "coverage_penalty": generation.coverage_penalty if beam else 0.0}), valid_batch_tokens, device,
             dist, seed)
-        self.pairs = data.train  # TrainingPairs: an index into the memory-mapped cache (seq2seq.data.pairs)
+        self.pairs = data.train  # TrainingPairs: an index into the cache's token arrays (seq2seq.data.pairs)
         self.src_lens, self.tgt_lens = self.pairs.lengths()
         self._batches_of: tuple[int, list] = (-1, [])  # (epoch, its batches)
         self.seed = seed
