@@ -3,7 +3,8 @@
 Generates synthetic parallel corpora of --pairs sizes (default 500,000 and 8,000,000 pairs; words drawn from a
 20,000-word synthetic vocabulary, 4-24 words a sentence, the target a word-for-word mapping of the source), then
 for each size:
-  1. `seq2seq-prepare recipe=multi30k_en_de_transformer` on it (SentencePiece on a 2M-line sample, every core):
+  1. `seq2seq-prepare recipe=multi30k_en_de_transformer tokenizer.model_type=bpe` on it (a joint SentencePiece BPE
+     trained on a 2M-line sample; --model-type unigram for the recipe's own; every core):
      wall-clock and the peak resident memory of the process tree (sampled every 0.1 s from /proc);
   2. `seq2seq-train` of the same recipe on the warm cache for a few steps: seconds from the start of the process
      to the first training step, the peak RSS of the process (getrusage) and at its end the split of its pages
@@ -32,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "recipe=multi30k_en_de_transformer"
 MAX_SENTENCES = [2_000_000]
+MODEL_TYPE = ["bpe"]
 
 
 def write_corpus(folder: Path, pairs: int, seed: int = 1) -> None:
@@ -115,7 +117,7 @@ def run_watched(cmd: list[str], env: dict) -> tuple[float, int, list[str], float
 
 
 def data_overrides(folder: Path, name: str) -> list[str]:
-    return [RECIPE, f"tokenizer.max_sentences={MAX_SENTENCES[0]}", f"data.root={folder}", f"data.path={name}", "data.src=src", "data.tgt=tgt", "data.splits.train=train",
+    return [RECIPE, f"tokenizer.max_sentences={MAX_SENTENCES[0]}", f"tokenizer.model_type={MODEL_TYPE[0]}", f"data.root={folder}", f"data.path={name}", "data.src=src", "data.tgt=tgt", "data.splits.train=train",
             "data.splits.valid=val", "data.splits.test=val", f"data.cache_dir={folder / 'cache'}"]
 
 
@@ -193,8 +195,12 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2, help="gloo ranks of the second training (1: none)")
     parser.add_argument("--max-sentences", type=int, default=2_000_000,
                         help="tokenizer.max_sentences (the same for every size, so that their subword lengths match)")
+    parser.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe",
+                        help="tokenizer.model_type: SentencePiece's unigram trainer needs about 20 bytes per sample "
+                             "character (3.9 GB on 2M lines here), BPE grows with the word types (docs/data.md)")
     args = parser.parse_args()
     MAX_SENTENCES[0] = args.max_sentences
+    MODEL_TYPE[0] = args.model_type
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     rows = [measure(args.folder, n, args.steps, args.ranks, env) for n in args.pairs]
     print(f"{'pairs':>10s} | prepare s | prepare peak MiB | first step s | train peak RSS | Rss / Pss / Private / "

@@ -47,6 +47,10 @@ def piece_to_newlines(text: str, piece: str) -> str:
 # train it, so the number is a setting (part of the cache key), not the host's core count
 SPM_THREADS = 2
 
+# SentencePiece's unigram trainer seeds its pieces from a suffix array of the whole sample: one UCS-4 character and
+# four int32 arrays (suffixes, left and right bounds, depths) per character (docs/data.md, "The tokenizer's memory")
+UNIGRAM_BYTES_PER_CHAR = 20
+
 
 def train_sentencepiece(
     sentences: list[str],
@@ -69,6 +73,11 @@ def train_sentencepiece(
         raise ValueError("cannot train SentencePiece: the training text is empty")
     if len(sentences) > max_sentences:
         sentences = random.Random(seed).sample(sentences, max_sentences)
+    if model_type == "unigram":
+        chars = sum(len(s) + 1 for s in sentences)
+        log.info("SentencePiece unigram on %d sentences, %d characters: its suffix array needs about %.1f GB "
+                 "(%d bytes a character; model_type=bpe or a smaller tokenizer.max_sentences needs less)",
+                 len(sentences), chars, chars * UNIGRAM_BYTES_PER_CHAR / 1e9, UNIGRAM_BYTES_PER_CHAR)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
