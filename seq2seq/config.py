@@ -11,7 +11,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def config_dir() -> str:
@@ -21,6 +21,13 @@ def config_dir() -> str:
         if (candidate / "train.yaml").is_file():
             return str(candidate)
     raise FileNotFoundError(f"seq2seq configs not found next to {here}; reinstall the package")
+
+
+def to_plain(value):
+    """A config value as plain Python: lists and mappings resolved (ListConfig, DictConfig), scalars as they are."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def to_dict(node) -> dict:

@@ -34,10 +34,10 @@ from tqdm import tqdm
 from seq2seq.backends import Backend, BackendSettings, open_backend
 from seq2seq.cli import command_line_overrides
 from seq2seq.host import resolve_device, set_threads
-from seq2seq.config import options_from, setup_logging, to_dict
-from seq2seq.data.corpus import iter_documents
-from seq2seq.generation.options import GenerationOptions
-from seq2seq.runs import LoadedRun, RunFolder, load_run
+from seq2seq.config import options_from, setup_logging, to_dict, to_plain
+from seq2seq.data.corpus import iter_prefixed_documents
+from seq2seq.generation.options import GenerationOptions, Guide
+from seq2seq.runs import LoadedRun, load_run, members
 from seq2seq.visualize import format_alignment, hard_alignment, write_attention
 
 __all__ = ["decode", "load_run", "LoadedRun"]
@@ -96,29 +96,34 @@ def decode(cfg: DictConfig) -> int:
     number of input documents."""
     setup_logging()
     set_threads(cfg.threads)
-    run = RunFolder(Path(cfg.run))
+    models = members(to_plain(cfg.run), to_plain(cfg.checkpoint))
+    run = models[0].run  # an ensemble decodes with its first run's generation settings
     composed = to_dict(cfg.generation)
     settings = run.generation_settings(composed, command_line_overrides(composed))
     opts = options_from(GenerationOptions, "generation", settings)
     if not isinstance(cfg.chunk_lines, int) or cfg.chunk_lines < 1:
         raise ValueError(f"chunk_lines={cfg.chunk_lines} must be a whole number >= 1")
-    documents = iter_documents(cfg.input, cfg.input_field)
+    documents = iter_prefixed_documents(cfg.input, cfg.input_field, cfg.prefix, cfg.prefix_field)
     first = list(itertools.islice(documents, cfg.chunk_lines))  # input errors of the first chunk before the model
     need_attention = bool(cfg.attention) or opts.print_alignment
+    weights = to_plain(cfg.ensemble.weights)
     backend = open_backend(
-        run, BackendSettings(name=cfg.backend, checkpoint=str(cfg.checkpoint), device=resolve_device(cfg.device),
-                             batch_tokens=cfg.batch_tokens, precision=cfg.precision, kernels=to_dict(cfg.kernels),
-                             compute_type=cfg.compute_type),
-        opts, need_attention=need_attention, sample_texts=first, generation=settings, label="decode precision")
-    log.info("decoding %s with %s (%s)", cfg.input, backend.checkpoint,
+        models, BackendSettings(name=cfg.backend, device=resolve_device(cfg.device), batch_tokens=cfg.batch_tokens,
+                                precision=cfg.precision, kernels=to_dict(cfg.kernels),
+                                compute_type=cfg.compute_type, weights=None if weights is None else tuple(weights),
+                                combine=cfg.ensemble.combine),
+        opts, need_attention=need_attention, sample_texts=[text for text, _ in first], generation=settings,
+        label="decode precision")
+    log.info("decoding %s with %s (%s)", cfg.input, " + ".join(map(str, backend_checkpoints(backend))),
              ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("print_alignment",)))
     start, done, attention_items = time.time(), 0, []
     writer = OutputWriter(cfg.output)
     try:
         with tqdm(unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
             for chunk in chunks(itertools.chain(first, documents), cfg.chunk_lines):
-                src_ids = backend.tokenizer.encode_src(chunk)
-                results = backend.decode(src_ids, opts, need_attention=need_attention, progress=bar)
+                src_ids = backend.tokenizer.encode_src([text for text, _ in chunk])
+                results = backend.decode(src_ids, opts, need_attention=need_attention, progress=bar,
+                                         guides=guides_of(backend.tokenizer, [p for _, p in chunk]))
                 writer.write(format_outputs(results, backend.tokenizer, opts, offset=done))
                 if cfg.attention:
                     attention_items += _attention_items(backend, src_ids, results, done,
@@ -135,6 +140,19 @@ def decode(cfg: DictConfig) -> int:
         log.info("wrote attention of %d sentences to %s", written, cfg.attention)
     log.info("decoded %d lines in %.1fs (%.1f sentences/s)", done, seconds, done / max(seconds, 1e-9))
     return done
+
+
+def guides_of(tokenizer, prefixes: list[str | None]) -> list[Guide] | None:
+    """One Guide per input: its prefix text encoded as target pieces (None when no input has a prefix)."""
+    if not any(prefixes):
+        return None
+    texts = [p or "" for p in prefixes]
+    return [Guide(prefix=ids if text else []) for ids, text in zip(tokenizer.encode_tgt(texts), texts)]
+
+
+def backend_checkpoints(backend: Backend) -> tuple:
+    """The files the outputs come from: an ensemble's members, or the one checkpoint."""
+    return getattr(backend, "checkpoints", ()) or (backend.checkpoint,)
 
 
 def format_outputs(results, tokenizer, opts, offset: int = 0) -> list[str]:

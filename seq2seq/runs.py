@@ -6,7 +6,8 @@
     <run>/checkpoints/       best.pt, last.pt, averaged.pt, step_<N>.pt
 
 One rule names a checkpoint: a name (`best`, `last`, `averaged`, `step_4500`) is <run>/checkpoints/<name>.pt;
-anything else (a path with a folder or a .pt suffix) is a file.
+anything else (a path with a folder or a .pt suffix) is a file. `members` turns run=/checkpoint= (each one
+value or a list) into the checkpoints an ensemble decodes with.
 """
 from __future__ import annotations
 
@@ -108,6 +109,32 @@ class RunFolder:
         load_model_state(model, state["model"], path)
         model.to(device or torch.device("cpu")).eval()
         return LoadedRun(model, tokenizer, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One model of what a decoder or server loads: a run folder's checkpoint."""
+
+    run: RunFolder
+    checkpoint: str = "best"
+
+
+def members(runs, checkpoints) -> list[Member]:
+    """The models run= and checkpoint= name, each one value or a list: one run and several checkpoints (an
+    ensemble of one run's checkpoints), several runs and one checkpoint name (that checkpoint of each), or as
+    many of both (paired in order)."""
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    checkpoints = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not runs or not checkpoints:
+        raise ValueError("run= and checkpoint= must each name at least one run folder / checkpoint")
+    if len(runs) == 1:
+        runs = runs * len(checkpoints)
+    elif len(checkpoints) == 1:
+        checkpoints = checkpoints * len(runs)
+    elif len(runs) != len(checkpoints):
+        raise ValueError(f"run= names {len(runs)} runs and checkpoint= {len(checkpoints)} checkpoints: give one "
+                         f"checkpoint for all the runs, one for each, or several checkpoints of one run")
+    return [Member(RunFolder(Path(str(r))), str(c)) for r, c in zip(runs, checkpoints)]
 
 
 def load_run(run: str | Path, checkpoint: str | Path = "best", device: torch.device | None = None) -> LoadedRun:

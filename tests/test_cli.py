@@ -146,6 +146,44 @@ def test_decode_reads_a_json_lines_field_in_order(trained_run, tmp_path):
     assert bad.returncode == 2 and "in.jsonl, line 1: no field 'text'" in bad.stderr
 
 
+def test_decode_an_ensemble_of_a_run_with_itself_equals_the_run(trained_run, tmp_path):
+    _, run_dir = trained_run
+    src, _ = toy_corpus_lines(10, seed=5)
+    (tmp_path / "in.txt").write_text("\n".join(src) + "\n")
+    args = (f"input={tmp_path / 'in.txt'}", "threads=1", "generation.nbest=2", "generation.beam_size=3")
+    alone = run_cli("decode", f"run={run_dir}", *args).stdout
+    runs = run_cli("decode", f"run=[{run_dir},{run_dir}]", *args)
+    checkpoints = run_cli("decode", f"run={run_dir}", "checkpoint=[best,last]", "ensemble.weights=[1,0]", *args)
+    assert runs.stdout == alone and checkpoints.stdout == alone and len(alone.splitlines()) == 20
+    assert f"{run_dir}/checkpoints/best.pt + {run_dir}/checkpoints/best.pt" in runs.stderr
+    bad = run_cli("decode", f"run=[{run_dir},{run_dir}]", "checkpoint=[best,last,best]", *args, check=False)
+    assert bad.returncode == 2 and "run= names 2 runs and checkpoint= 3 checkpoints" in bad.stderr
+    ct2 = run_cli("decode", f"run=[{run_dir},{run_dir}]", "backend=ctranslate2", *args, check=False)
+    assert ct2.returncode == 2 and ("CTranslate2 has no ensembles" in ct2.stderr or "pip install" in ct2.stderr)
+
+
+def test_decode_with_prefixes_from_a_file_and_a_json_field(trained_run, tmp_path):
+    _, run_dir = trained_run
+    src, tgt = toy_corpus_lines(6, seed=6)
+    prefixes = [" ".join(t.split()[:2]) if i % 2 == 0 else "" for i, t in enumerate(tgt)]
+    (tmp_path / "in.txt").write_text("\n".join(src) + "\n")
+    (tmp_path / "prefix.txt").write_text("\n".join(prefixes) + "\n")
+    rows = [{"doc": s, **({"start": p} if p else {})} for s, p in zip(src, prefixes)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", f"prefix={tmp_path / 'prefix.txt'}",
+                  "threads=1").stdout.splitlines()
+    assert len(out) == 6
+    for line, prefix in zip(out, prefixes):
+        assert line.startswith(prefix)
+    fields = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.jsonl'}", "input_field=doc",
+                     "prefix_field=start", "threads=1").stdout.splitlines()
+    assert fields == out
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    bad = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", f"prefix={tmp_path / 'short.txt'}",
+                  check=False)
+    assert bad.returncode == 2 and "has 2 lines and the input" in bad.stderr and "6" in bad.stderr
+
+
 # ---------------------------------------------------------------- error reports (seq2seq.cli)
 def _error_cases(tmp_path):
     """(command, arguments, what the message must say) for usage and input errors, on tiny files."""

@@ -17,8 +17,8 @@ from seq2seq.data.cachefiles import cache_lock, remove_stale_temps, temp_path
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.export.ctranslate2 import export_ctranslate2
 from seq2seq.export.shapes import TOKENIZER_FOLDER, copy_tokenizer, describe, require, vocabulary
-from seq2seq.generation.options import GenerationOptions, Hypothesis, source_length_bounds
-from seq2seq.runs import RunFolder
+from seq2seq.generation.options import GenerationOptions, Guide, Hypothesis, source_length_bounds
+from seq2seq.runs import Member, RunFolder
 
 log = logging.getLogger("seq2seq.backends.ctranslate2")
 
@@ -111,19 +111,25 @@ class CTranslate2Backend:
         return cls(folder, Tokenizer.load(folder / TOKENIZER_FOLDER), translator, max_positions, batch_tokens)
 
     @classmethod
-    def open(cls, run: RunFolder, settings: BackendSettings, opts: GenerationOptions, *, need_attention: bool,
-             sample_texts: list[str] | None, generation: dict, label: str) -> "CTranslate2Backend":
+    def open(cls, members: list[Member], settings: BackendSettings, opts: GenerationOptions, *,
+             need_attention: bool, sample_texts: list[str] | None, generation: dict,
+             label: str) -> "CTranslate2Backend":
         check_options(opts, need_attention, settings.precision)
-        return cls.from_folder(exported_folder(run, settings.checkpoint), device=settings.device,
+        if len(members) > 1:
+            raise ValueError(f"backend=ctranslate2 decodes one model, not an ensemble of {len(members)} (CTranslate2 "
+                             f"has no ensembles): decode with backend=torch, or name one run and one checkpoint")
+        return cls.from_folder(exported_folder(members[0].run, members[0].checkpoint), device=settings.device,
                                compute_type=settings.compute_type, threads=torch.get_num_threads(),
                                batch_tokens=settings.batch_tokens)
 
     def decode(self, src_ids: list[list[int]], opts: GenerationOptions, *, need_attention: bool = False,
-               progress=None) -> list[list[Hypothesis]]:
+               progress=None, guides: list[Guide] | None = None) -> list[list[Hypothesis]]:
         """Length limits are this project's (per sentence, from its source length: sentences of one source
         length are decoded together); scores are CTranslate2's."""
         if need_attention:
             raise ValueError("backend=ctranslate2 reports no attention")
+        if guides is not None and any(g.prefix for g in guides):
+            raise ValueError("backend=ctranslate2 does not take target prefixes here yet: decode with backend=torch")
         target_ids = self._target_ids
         limit = self.max_positions - 1  # room for EOS
         results: list[list[Hypothesis] | None] = [None] * len(src_ids)

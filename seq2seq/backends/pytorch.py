@@ -1,5 +1,6 @@
-"""The PyTorch backend: this project's own search (seq2seq.generation) over a run's checkpoint, on the host's
-kernels and, where precision=auto measured it faster, in bf16 autocast."""
+"""The PyTorch backend: this project's own search (seq2seq.generation) over a run's checkpoint (or the ensemble
+of several, seq2seq.generation.ensemble), on the host's kernels and, where precision=auto measured it faster,
+in bf16 autocast."""
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,10 @@ import torch
 from seq2seq.backends.base import BackendSettings
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.generation.decoding import decode_ids
-from seq2seq.generation.options import GenerationOptions, Hypothesis
+from seq2seq.generation.ensemble import Ensemble, check_vocabularies
+from seq2seq.generation.options import GenerationOptions, Guide, Hypothesis
 from seq2seq.models.model import AttentionChoice, EncoderDecoder
-from seq2seq.runs import RunFolder
+from seq2seq.runs import Member
 from seq2seq.training import precision
 
 DEFAULT_KERNELS = {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}
@@ -27,26 +29,37 @@ def random_sample(vocab_size: int, sentences: int = 16, length: int = 20) -> lis
 
 @dataclasses.dataclass
 class TorchBackend:
-    model: EncoderDecoder
+    model: EncoderDecoder | Ensemble
     tokenizer: Tokenizer
-    checkpoint: Path
+    checkpoint: Path                # the first (or only) member's file
     device: torch.device
     batch_tokens: int
     amp: torch.dtype | None = None  # the autocast dtype of decoding (None: fp32)
     name: str = "torch"
+    checkpoints: tuple = ()         # every member's file (an ensemble has several)
 
     @property
     def max_positions(self) -> int:
         return self.model.max_positions
 
     @classmethod
-    def open(cls, run: RunFolder, settings: BackendSettings, opts: GenerationOptions, *, need_attention: bool,
-             sample_texts: list[str] | None, generation: dict, label: str) -> "TorchBackend":
+    def open(cls, members: list[Member], settings: BackendSettings, opts: GenerationOptions, *,
+             need_attention: bool, sample_texts: list[str] | None, generation: dict, label: str) -> "TorchBackend":
         if settings.compute_type != "default":
             raise ValueError(f"compute_type={settings.compute_type} is for backend=ctranslate2; backend=torch "
                              f"decodes in the checkpoint's precision (precision=auto|fp32|bf16)")
         precision.check_decoding(settings.precision)
-        model, tokenizer, path = run.load(settings.checkpoint, settings.device)
+        loaded = [m.run.load(m.checkpoint, settings.device) for m in members]
+        tokenizer, path = loaded[0].tokenizer, loaded[0].checkpoint
+        paths = tuple(run.checkpoint for run in loaded)
+        if len(loaded) == 1:
+            model = loaded[0].model
+        else:
+            check_vocabularies([run.tokenizer for run in loaded], [str(p) for p in paths])
+            model = Ensemble([run.model for run in loaded], settings.weights, settings.combine)
+        if settings.weights is not None and len(loaded) == 1:
+            raise ValueError("ensemble.weights is for an ensemble: name several runs (run=[a,b]) or checkpoints "
+                             "(checkpoint=[best,last])")
         if need_attention:
             model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
         if sample_texts is None:
@@ -55,13 +68,13 @@ class TorchBackend:
             sample = tokenizer.encode_src([t for t in sample_texts if t.strip()][:32])
         amp = precision.decoding_paths(
             model, sample, opts, settings.device, requested=settings.precision,
-            kernels=settings.kernels or DEFAULT_KERNELS, batch_tokens=settings.batch_tokens, checkpoint=path,
-            settings=generation, what=label)
-        return cls(model, tokenizer, path, settings.device, settings.batch_tokens, amp)
+            kernels=settings.kernels or DEFAULT_KERNELS, batch_tokens=settings.batch_tokens,
+            checkpoint=path if len(paths) == 1 else paths, settings=generation, what=label)
+        return cls(model, tokenizer, path, settings.device, settings.batch_tokens, amp, checkpoints=paths)
 
     def decode(self, src_ids: list[list[int]], opts: GenerationOptions, *, need_attention: bool = False,
-               progress=None) -> list[list[Hypothesis]]:
+               progress=None, guides: list[Guide] | None = None) -> list[list[Hypothesis]]:
         autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
         with autocast:
             return decode_ids(self.model, src_ids, opts, batch_tokens=self.batch_tokens, device=self.device,
-                              need_attention=need_attention, progress=progress)
+                              need_attention=need_attention, progress=progress, guides=guides)

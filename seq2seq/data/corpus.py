@@ -119,6 +119,61 @@ def iter_documents(path: str, field: str | None = None):
     return (jsonl_record(line, number, name, (field,))[0] for number, line in iter_lines(path))
 
 
+def iter_prefixed_documents(path: str, field: str | None, prefix: str | None, prefix_field: str | None):
+    """(document, target prefix or None) one at a time: the prefixes from their own file (one line per input
+    line; an empty line: none) or from a field of the JSON Lines input (a missing or null field: none).
+    Without either, every prefix is None. A prefix file with another number of lines is an error naming both
+    counts, found before anything is decoded when both are files."""
+    if prefix and prefix_field:
+        raise DataError("prefix= (a file) and prefix_field= (a field of the input) both set: choose one")
+    if prefix_field:
+        if not field:
+            raise DataError(f"prefix_field={prefix_field} reads a field of JSON Lines input: set input_field too, "
+                            f"or give the prefixes as a file with prefix=<file>")
+        name = "<stdin>" if path == "-" else path
+        return (_prefixed_record(line, number, name, field, prefix_field) for number, line in iter_lines(path))
+    documents = iter_documents(path, field)
+    if not prefix:
+        return ((text, None) for text in documents)
+    if path != "-" and prefix != "-":
+        lines, prefixes = count_lines(path), count_lines(prefix)
+        if lines != prefixes:
+            raise DataError(f"the prefix file {prefix} has {prefixes} lines and the input {path} {lines}: "
+                            f"one prefix line (empty for none) per input line")
+    return _zip_prefixes(documents, iter_lines(prefix), path, prefix)
+
+
+def count_lines(path: str) -> int:
+    """Lines of a file (a last line without a line break counts), read in blocks."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"file not found: {path}")
+    count, last = 0, b"\n"
+    with file.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 24), b""):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def _prefixed_record(line: str, number: int, name: str, field: str, prefix_field: str) -> tuple[str, str | None]:
+    (text,) = jsonl_record(line, number, name, (field,))
+    value = json.loads(line).get(prefix_field)
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{name}, line {number}: field '{prefix_field}' is {type(value).__name__}, not a string")
+    return text, value or None
+
+
+def _zip_prefixes(documents, prefixes, path: str, prefix: str):
+    for number, text in enumerate(documents, start=1):
+        line = next(prefixes, None)
+        if line is None:
+            raise DataError(f"the prefix file {prefix} ends at line {number - 1}, before the input {path}")
+        yield text, line[1] or None
+    if next(prefixes, None) is not None:
+        raise DataError(f"the prefix file {prefix} has more lines than the input {path}")
+
+
 def read_documents(path: str, field: str | None = None) -> list[str]:
     """One document per input: the lines of a text file, or with field set the string field of each
     line of a JSON Lines file (stdin for '-'). Errors name the file and the line."""

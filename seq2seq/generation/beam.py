@@ -1,6 +1,7 @@
 """Batched beam search through the decoder seam (EncoderDecoder.step and state.reorder): k hypotheses per
 sentence, the 2k best candidates each step, a sentence finished when k of its hypotheses have ended or its
-length limit is reached; finished sentences leave the batch."""
+length limit is reached; finished sentences leave the batch. A sentence's guide (a target prefix) forces its
+first tokens, scored as the model scores them."""
 from __future__ import annotations
 
 import math
@@ -8,16 +9,21 @@ import math
 import torch
 
 from seq2seq.data.tokenizer import BOS, EOS, PAD
-from seq2seq.generation.controls import coverage_penalty, mask_scores, penalise
-from seq2seq.generation.options import GenerationOptions, Hypothesis, attention_report, length_bounds, scored_hypothesis
+from seq2seq.generation.controls import coverage_penalty, force_tokens, mask_scores, penalise
+from seq2seq.generation.options import (GenerationOptions, Guide, Hypothesis, attention_report, forced_at,
+                                        length_bounds, prefix_tensors, scored_hypothesis)
 
 
 @torch.no_grad()
-def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bool = False):
+def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bool = False,
+                guides: list[Guide] | None = None):
     # long: one loop over the steps whose state (scores, rows, history, coverage) changes together in one
     # place; tests/test_beam_exhaustive.py holds it against exhaustive search
     batch, k = src.size(0), opts.beam_size
     min_lens, limits = length_bounds(src, opts, model.max_positions)
+    prefix = prefix_tensors(guides, src.device)
+    if prefix is not None:
+        limits = torch.maximum(limits, prefix[1].to(limits.device))  # a prefix longer than the limit is kept whole
     beta = opts.coverage_penalty
     enc = model.encode(src)
     rows = torch.arange(batch, device=src.device).repeat_interleave(k)
@@ -41,6 +47,9 @@ def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attentio
         eos_logp = logp[:, EOS].clone() if opts.no_repeat_ngram_size > 0 else None
         logp = mask_scores(logp, t, min_lens[active].repeat_interleave(k), force)
         search = penalise(logp, history, opts, eos_logp)
+        forced = forced_at(prefix, t, active.repeat_interleave(k))
+        if forced is not None:
+            force_tokens(logp, search, forced)
         if need_attention:
             step_attn = attn.unsqueeze(1).float()
             attn_history = step_attn if attn_history is None else torch.cat([attn_history, step_attn], dim=1)

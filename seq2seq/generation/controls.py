@@ -1,6 +1,6 @@
 """The decoding controls, applied to one step's log-probabilities [rows, V] by every strategy: the masks
 (PAD, BOS, EOS before the minimum length, only EOS at the limit), n-gram blocking, the repetition penalty,
-and beam search's coverage penalty on finished hypotheses."""
+forced prefix tokens, and beam search's coverage penalty on finished hypotheses."""
 from __future__ import annotations
 
 import math
@@ -55,6 +55,19 @@ def penalise(logp: torch.Tensor, history: torch.Tensor, opts: GenerationOptions,
         scores[:, EOS] = torch.where(stuck, eos_logp, scores[:, EOS])
         logp[:, EOS] = torch.where(stuck, eos_logp, logp[:, EOS])
     return scores
+
+
+def force_tokens(logp: torch.Tensor, search: torch.Tensor, forced: torch.Tensor) -> None:
+    """In place: rows whose forced [rows] token is >= 0 (a prefix not yet emitted) may only take that token,
+    with its true log-probability in logp and in the search's scores (a penalty never blocks a prefix)."""
+    rows = forced.ge(0).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return
+    tokens = forced[rows]
+    true = logp[rows, tokens]
+    for scores in (logp, search) if search is not logp else (logp,):
+        scores[rows] = -math.inf
+        scores[rows, tokens] = true
 
 
 def coverage_penalty(coverage: torch.Tensor, real: torch.Tensor, beta: float) -> torch.Tensor:

@@ -19,6 +19,35 @@ class Hypothesis:
 
 
 @dataclass
+class Guide:
+    """What one input's output must honour beyond the options: a target prefix (ids, no BOS) it starts with,
+    scored like every other token (so n-best lists and scores stay true)."""
+
+    prefix: list[int] = field(default_factory=list)
+
+
+def prefix_tensors(guides: list[Guide] | None, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(prefix ids [B, P] padded with -1, prefix lengths [B]) of a batch's guides, or None when none has one."""
+    if not guides or not any(g.prefix for g in guides):
+        return None
+    width = max(len(g.prefix) for g in guides)
+    ids = torch.full((len(guides), width), -1, dtype=torch.long)
+    for row, guide in enumerate(guides):
+        ids[row, : len(guide.prefix)] = torch.tensor(guide.prefix, dtype=torch.long)
+    return ids.to(device), torch.tensor([len(g.prefix) for g in guides], device=device)
+
+
+def forced_at(prefix: tuple[torch.Tensor, torch.Tensor] | None, t: int, rows: torch.Tensor) -> torch.Tensor | None:
+    """The token each row must take at step t (-1: free), rows [R] giving each row's sentence; None: no prefix."""
+    if prefix is None:
+        return None
+    ids, _ = prefix
+    if t >= ids.size(1):
+        return None
+    return ids[:, t].index_select(0, rows)
+
+
+@dataclass
 class GenerationOptions:
     strategy: str = "beam"
     beam_size: int = 5

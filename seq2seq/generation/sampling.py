@@ -1,5 +1,6 @@
 """Greedy decoding and ancestral sampling (temperature, top-k, top-p; nbest samples per input) through the
-decoder seam; a row leaves the batch when it ends."""
+decoder seam; a row leaves the batch when it ends. A sentence's guide (a target prefix) forces its first
+tokens, scored as the model scores them."""
 from __future__ import annotations
 
 import math
@@ -7,18 +8,23 @@ import math
 import torch
 
 from seq2seq.data.tokenizer import BOS, EOS, PAD
-from seq2seq.generation.controls import mask_scores, penalise
-from seq2seq.generation.options import GenerationOptions, Hypothesis, attention_report, length_bounds, scored_hypothesis
+from seq2seq.generation.controls import force_tokens, mask_scores, penalise
+from seq2seq.generation.options import (GenerationOptions, Guide, Hypothesis, attention_report, forced_at,
+                                        length_bounds, prefix_tensors, scored_hypothesis)
 
 
 @torch.no_grad()
 def sample(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bool = False,
-           generator: torch.Generator | None = None):
+           generator: torch.Generator | None = None, guides: list[Guide] | None = None):
     """Greedy decoding (strategy=greedy) or ancestral sampling with temperature, top-k and top-p (nbest samples each)."""
     copies = opts.nbest if opts.strategy == "sampling" else 1
     batch = src.size(0)
     rows = torch.arange(batch, device=src.device).repeat_interleave(copies)
-    min_lens, limits = (x[rows] for x in length_bounds(src, opts, model.max_positions))
+    least, most = length_bounds(src, opts, model.max_positions)
+    prefix = prefix_tensors(guides, src.device)
+    if prefix is not None:
+        most = torch.maximum(most, prefix[1].to(most.device))  # a prefix longer than the limit is kept whole
+    min_lens, limits = least[rows], most[rows]
     state = model.init_state(model.encode(src), attention_report(opts, need_attention)).reorder(rows)
     total = rows.numel()
     active = torch.arange(total, device=src.device)
@@ -33,6 +39,9 @@ def sample(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bo
         eos_logp = logp[:, EOS].clone() if opts.no_repeat_ngram_size > 0 else None
         logp = mask_scores(logp, t, min_lens[active], limits[active] <= t)
         search = penalise(logp, history, opts, eos_logp)
+        forced = forced_at(prefix, t, rows[active])
+        if forced is not None:
+            force_tokens(logp, search, forced)
         if opts.strategy == "greedy":
             choice = search.argmax(dim=1)
         else:
@@ -62,9 +71,14 @@ def sample(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bo
             if opts.penalised:
                 history = history.index_select(0, keep_idx)
         last = choice
+    return _per_sentence(outputs, src, copies)
+
+
+def _per_sentence(outputs: list[Hypothesis], src: torch.Tensor, copies: int) -> list[list[Hypothesis]]:
+    """Each sentence's copies best first, their attention cut to the sentence's source length."""
     results = []
-    for sentence in range(batch):
-        hyps = [h for h in outputs[sentence * copies : (sentence + 1) * copies]]
+    for sentence in range(src.size(0)):
+        hyps = outputs[sentence * copies : (sentence + 1) * copies]
         src_len = int(src[sentence].ne(PAD).sum())
         for h in hyps:
             if h.attention is not None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import torch
 
 from seq2seq.generation.beam import beam_search
-from seq2seq.generation.options import GenerationOptions, Hypothesis
+from seq2seq.generation.options import GenerationOptions, Guide, Hypothesis
 from seq2seq.generation.sampling import sample
 
 @torch.no_grad()
 def generate(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bool = False,
-             generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
-    """Hypotheses for each source row of src [B, S] (right-padded, EOS-terminated), best first."""
+             generator: torch.Generator | None = None, guides: list[Guide] | None = None) -> list[list[Hypothesis]]:
+    """Hypotheses for each source row of src [B, S] (right-padded, EOS-terminated), best first; guides: one per
+    row (a target prefix) or None."""
+    if guides is not None and len(guides) != src.size(0):
+        raise ValueError(f"{len(guides)} guides for {src.size(0)} sources")
     if opts.strategy == "beam":
-        return beam_search(model, src, opts, need_attention)
-    return sample(model, src, opts, need_attention, generator)
+        return beam_search(model, src, opts, need_attention, guides)
+    return sample(model, src, opts, need_attention, generator, guides)

@@ -35,7 +35,7 @@ import logging
 from omegaconf import DictConfig
 
 from seq2seq.cli import command_line_overrides
-from seq2seq.config import setup_logging, to_dict
+from seq2seq.config import setup_logging, to_dict, to_plain
 from seq2seq.host import set_threads
 from seq2seq.serve.app import GENERATE_PATHS, create_app, is_loopback
 from seq2seq.serve.options import ApiError, Limits, request_options
@@ -62,8 +62,8 @@ def serve(cfg: DictConfig) -> None:
     limits = {f.name: cfg[f.name] for f in dataclasses.fields(Limits)}
     server = Server.from_runs(to_dict(cfg.models),
                               generation=to_dict(cfg.generation), overrides=command_line_overrides(),
-                              checkpoint=cfg.checkpoint, device=cfg.device, precision=cfg.precision,
-                              kernels=to_dict(cfg.kernels),
+                              checkpoint=to_plain(cfg.checkpoint), device=cfg.device, precision=cfg.precision,
+                              kernels=to_dict(cfg.kernels), ensemble=to_dict(cfg.ensemble),
                               auth_token=None if cfg.auth_token is None else str(cfg.auth_token), **limits)
     app = create_app(server)
     if not is_loopback(str(cfg.host)):

@@ -19,7 +19,7 @@ from seq2seq.config import config_dir
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.host import resolve_device
 from seq2seq.models.model import AttentionChoice
-from seq2seq.runs import RunFolder
+from seq2seq.runs import RunFolder, members
 from seq2seq.serve.options import (NOT_REQUEST_OPTIONS, REQUEST_FIELDS, ApiError, Limits, option_types,
                                    options_key, request_options)
 from seq2seq.serve.worker import Job, Worker
@@ -88,8 +88,11 @@ class Server:
     @classmethod
     def from_runs(cls, runs: dict, *, generation: dict | None = None, overrides: list[str] | None = None,
                   checkpoint: str = "best", device: str = "cpu", auth_token: str | None = None,
-                  precision: str = "fp32", kernels: dict | None = None, **limits) -> "Server":
-        """Load {name: run folder}. generation: the composed generation settings (default: beam.yaml's, with
+                  precision: str = "fp32", kernels: dict | None = None, ensemble: dict | None = None,
+                  **limits) -> "Server":
+        """Load {name: run folder, or a list of run folders: their ensemble served as one model}; checkpoint:
+        a name or a list (an ensemble of each run's checkpoints, seq2seq.runs.members); ensemble: weights and
+        combine for the ensembles. generation: the composed generation settings (default: beam.yaml's, with
         these keys changed); overrides: the command line's, which of them win over each run's saved settings
         (default: the keys of generation=...), as seq2seq.runs.RunFolder.generation_settings reads them."""
         if not isinstance(runs, dict) or not runs:
@@ -109,9 +112,11 @@ class Server:
             name = str(name)
             if not name or not all(c.isalnum() or c in "-_." for c in name):
                 raise ValueError(f"model name {name!r} must be letters, digits, '-', '_' or '.'")
-            if not isinstance(run, (str, Path)) or not str(run):
-                raise ValueError(f"models.{name} must be a run folder, not {run!r}")
-            run = RunFolder(Path(run))
+            if not (isinstance(run, (str, Path)) and str(run)) and not (
+                    isinstance(run, list) and run and all(isinstance(r, (str, Path)) and str(r) for r in run)):
+                raise ValueError(f"models.{name} must be a run folder or a list of them (an ensemble), not {run!r}")
+            models = members(run, checkpoint)
+            run = models[0].run  # an ensemble starts from its first run's generation settings
             defaults = run.generation_settings(composed, overrides)
             settings = {k: v for k, v in defaults.items() if k not in NOT_REQUEST_OPTIONS}
             opts = GenerationOptions(**settings)  # the defaults alone must make valid options (else a ValueError: exit 2)
@@ -120,15 +125,22 @@ class Server:
                     raise ValueError(f"model {name}: generation.{key}={settings[key]} is more than "
                                      f"max_beam_size={limits.max_beam_size}; raise max_beam_size or lower it")
             # no request is known at start-up: precision=auto times 16 decodes of 20 random in-vocabulary pieces
+            weights = (ensemble or {}).get("weights")
             backend = TorchBackend.open(
-                run, BackendSettings(checkpoint=checkpoint, device=dev, batch_tokens=limits.max_batch_tokens,
-                                     precision=precision, kernels=kernels),
+                models, BackendSettings(device=dev, batch_tokens=limits.max_batch_tokens, precision=precision,
+                                        kernels=kernels, weights=None if weights is None else tuple(weights),
+                                        combine=(ensemble or {}).get("combine") or "logprob"),
                 opts, need_attention=False, sample_texts=None, generation=settings, label=f"model {name}: precision")
             model, tokenizer, path = backend.model, backend.tokenizer, backend.checkpoint
-            served.append(ServedModel(name, run.path, model, tokenizer, path, settings,
-                                      _summary(name, run, model, tokenizer, path, settings),
+            summary = _summary(name, run, model, tokenizer, path, settings)
+            if len(backend.checkpoints) > 1:
+                summary["ensemble"] = {"checkpoints": [f"{p.parent.parent.name}/{p.name}" for p in backend.checkpoints],
+                                       "weights": model.weights, "combine": model.combine}
+                summary["architecture"]["parameters"] = sum(p.numel() for p in model.parameters())
+            served.append(ServedModel(name, run.path, model, tokenizer, path, settings, summary,
                                       Worker(name, backend, limits)))
-            log.info("model %s: %s (%s)", name, path, ", ".join(f"{k}={v}" for k, v in settings.items()))
+            log.info("model %s: %s (%s)", name, " + ".join(map(str, backend.checkpoints)),
+                     ", ".join(f"{k}={v}" for k, v in settings.items()))
         return cls(served, limits, auth_token)
 
     def close(self) -> None:

@@ -129,7 +129,7 @@ def check_decoding(requested: str) -> None:
 
 def decoding_paths(model, sample: list, options, device: torch.device, *, requested: str, kernels: dict,
                    batch_tokens: int, checkpoint, settings: dict, what: str):
-    """The host's paths for decoding one checkpoint (seq2seq-decode, seq2seq-serve): on a CPU kernels.linear
+    """The host's paths for decoding one checkpoint or an ensemble's (a list; seq2seq-decode, seq2seq-serve): on a CPU kernels.linear
     (kernels: linear, onednn_cache_capacity, cache_dir), then the autocast dtype (None: fp32). precision=auto
     times decoding `sample` (source id lists) in fp32 and bf16, once per host, checkpoint and settings."""
     check_decoding(requested)
@@ -139,10 +139,14 @@ def decoding_paths(model, sample: list, options, device: torch.device, *, reques
         log.info("%s: matrix products (kernels.linear=%s): %s", what, kernels["linear"], plan)
     if requested == "auto" and not sample:
         return None
-    checkpoint = Path(checkpoint)
+    if isinstance(checkpoint, (str, Path)):
+        checkpoint = Path(checkpoint)
+        key = {"checkpoint": str(checkpoint.resolve()), "mtime": checkpoint.stat().st_mtime}
+    else:  # an ensemble's checkpoints
+        key = {"checkpoint": [str(Path(c).resolve()) for c in checkpoint],
+               "mtime": [Path(c).stat().st_mtime for c in checkpoint]}
     chosen, record = choose(
         requested, device, lambda: measure_decoding(model, sample, options, device, batch_tokens),
-        kernels["cache_dir"], key={"checkpoint": str(checkpoint.resolve()), "mtime": checkpoint.stat().st_mtime,
-                                   "generation": settings}, what=what)
+        kernels["cache_dir"], key={**key, "generation": settings}, what=what)
     log.info("%s: %s (%s)", what, chosen, ", ".join(f"{k} {v}" for k, v in record.items() if k != "precision"))
     return torch.bfloat16 if chosen == "bf16" else None
