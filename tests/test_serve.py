@@ -92,6 +92,40 @@ def test_scores_equal_decode_ids_exactly(trained_run, client):
     assert answer["options"]["beam_size"] == settings["beam_size"] and answer["options"]["len_penalty"] == 1.3
 
 
+def test_prefixes_per_input_equal_seq2seq_decode_with_a_prefix_file(trained_run, client, tmp_path):
+    _, run_dir = trained_run
+    inputs = INPUTS[:4]
+    prefixes = ["", " ".join(INPUTS[1].split()[:1]), "", "the"]
+    body = [{"text": t, "prefix": p} if p else t for t, p in zip(inputs, prefixes)]
+    answer = client.post("/v1/generate", json={"inputs": body, "options": {"beam_size": 3}})
+    assert answer.status_code == 200, answer.text
+    texts = [o["text"] for o in answer.json()["outputs"]]
+    (tmp_path / "in.txt").write_text("\n".join(inputs) + "\n")
+    (tmp_path / "prefix.txt").write_text("\n".join(prefixes) + "\n")
+    proc = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", f"prefix={tmp_path / 'prefix.txt'}",
+                   "generation.beam_size=3")
+    assert texts == proc.stdout.splitlines()
+    assert texts[3].startswith("the")
+    plain = client.post("/v1/generate", json={"inputs": [inputs[0]], "options": {"beam_size": 3}}).json()
+    assert plain["outputs"][0]["text"] == texts[0]  # an input without a prefix is decoded as without any
+
+
+def test_an_ensemble_is_served_as_one_model(trained_run, client):
+    _, run_dir = trained_run
+    server = Server.from_runs({"pair": [run_dir, run_dir], "toy": run_dir}, checkpoint=["best"],
+                              ensemble={"weights": [2, 1], "combine": "prob"})
+    with TestClient(create_app(server)) as pair:
+        listed = {m["name"]: m for m in pair.get("/v1/models").json()["models"]}
+        assert listed["pair"]["ensemble"] == {"checkpoints": [f"{run_dir.name}/best.pt"] * 2,
+                                              "weights": [2 / 3, 1 / 3], "combine": "prob"}
+        assert "ensemble" not in listed["toy"]
+        both = pair.post("/v1/generate", json={"model": "pair", "inputs": INPUTS[:5], "options": {"beam_size": 3}})
+        one = client.post("/v1/generate", json={"inputs": INPUTS[:5], "options": {"beam_size": 3}})
+    assert [o["text"] for o in both.json()["outputs"]] == [o["text"] for o in one.json()["outputs"]]
+    assert [o["logprob"] for o in both.json()["outputs"]] == pytest.approx(
+        [o["logprob"] for o in one.json()["outputs"]], abs=1e-4)
+
+
 def test_attention_matrix_of_each_output(client):
     answer = client.post("/v1/translate", json={"inputs": INPUTS[:3], "options": {"attention": True}})
     assert answer.status_code == 200, answer.text
@@ -127,7 +161,11 @@ BAD = [
     ("not an object", b"[1, 2]", 400, "JSON object"),
     ("unknown field", {"inputs": ["a"], "input": "a"}, 400, "unknown field(s): input"),
     ("inputs not a list", {"inputs": "the cat"}, 400, "inputs must be a list of strings"),
-    ("an input not a string", {"inputs": ["the cat", 3]}, 400, "inputs must be a list of strings"),
+    ("an input not a string", {"inputs": ["the cat", 3]}, 400, "inputs[1] must be a string or an object"),
+    ("an input object without text", {"inputs": [{"prefix": "a"}]}, 400, "inputs[0].text must be a string"),
+    ("an input object with another field", {"inputs": [{"text": "a", "constraint": "b"}]}, 400,
+     "inputs[0]: unknown field(s) constraint (known: text, prefix)"),
+    ("a prefix not a string", {"inputs": [{"text": "a", "prefix": 3}]}, 400, "inputs[0].prefix must be a string"),
     ("no inputs", {"inputs": []}, 400, "inputs is empty"),
     ("missing inputs", {"model": "toy"}, 400, "inputs must be a list of strings"),
     ("unknown model", {"model": "en-fr", "inputs": ["a"]}, 404, "unknown model 'en-fr' (served: toy)"),

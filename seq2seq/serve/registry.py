@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from seq2seq.backends import BackendSettings
 from seq2seq.backends.pytorch import TorchBackend
 from seq2seq.config import config_dir
-from seq2seq.generation.options import GenerationOptions
+from seq2seq.generation.options import GenerationOptions, Guide
 from seq2seq.host import resolve_device
 from seq2seq.models.model import AttentionChoice
 from seq2seq.runs import RunFolder, members
@@ -125,7 +125,7 @@ class Server:
                     raise ValueError(f"model {name}: generation.{key}={settings[key]} is more than "
                                      f"max_beam_size={limits.max_beam_size}; raise max_beam_size or lower it")
             # no request is known at start-up: precision=auto times 16 decodes of 20 random in-vocabulary pieces
-            weights = (ensemble or {}).get("weights")
+            weights = (ensemble or {}).get("weights") if len(models) > 1 else None  # the ensembles' weights
             backend = TorchBackend.open(
                 models, BackendSettings(device=dev, batch_tokens=limits.max_batch_tokens, precision=precision,
                                         kernels=kernels, weights=None if weights is None else tuple(weights),
@@ -175,8 +175,9 @@ class Server:
         return {"models": [{**m.summary, "stats": stats[name]} for name, m in self.models.items()],
                 "limits": limits, "options": option_types()}
 
-    def parse(self, body: bytes) -> tuple[ServedModel, list[str], Any, bool]:
-        """(model, inputs, options, attention) of a request body, or ApiError."""
+    def parse(self, body: bytes) -> tuple[ServedModel, list[str], Any, bool, list[str | None]]:
+        """(model, input texts, options, attention, each input's target prefix or None) of a request body, or
+        ApiError. An input is a string or an object {"text": ..., "prefix": ...}."""
         try:
             request = json.loads(body)
         except (ValueError, UnicodeDecodeError) as err:
@@ -199,15 +200,12 @@ class Server:
         if name not in self.models:
             raise ApiError(404, f"unknown model {name[:100]!r} (served: {', '.join(self.models)})")
         inputs = request.get("inputs")
-        if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
-            raise ApiError(400, "inputs must be a list of strings")
+        if not isinstance(inputs, list):
+            raise ApiError(400, "inputs must be a list of strings (or of objects {\"text\": ..., \"prefix\": ...})")
         if not inputs:
             raise ApiError(400, "inputs is empty: send at least one input")
-        for i, text in enumerate(inputs):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(400, f"inputs[{i}] is not valid Unicode text (a lone surrogate)") from None
+        parsed = [_input_text(i, x) for i, x in enumerate(inputs)]
+        inputs, prefixes = [text for text, _ in parsed], [prefix for _, prefix in parsed]
         if len(inputs) > self.limits.max_inputs:
             raise ApiError(413, f"{len(inputs)} inputs in one request; this server takes at most "
                                 f"{self.limits.max_inputs} (max_inputs): split the request")
@@ -218,9 +216,10 @@ class Server:
                 served.model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
             except ValueError as err:
                 raise ApiError(400, str(err).replace("generation.", "options.")) from None
-        return served, inputs, opts, attention
+        return served, inputs, opts, attention, prefixes
 
-    def job(self, served: ServedModel, inputs: list[str], opts, attention: bool) -> Job:
+    def job(self, served: ServedModel, inputs: list[str], opts, attention: bool,
+            prefixes: list[str | None] | None = None) -> Job:
         limit = self.limits.max_input_tokens
         for i, text in enumerate(inputs):  # a cheap bound before tokenizing: a subword has at least one character
             if len(text) > 64 * limit:
@@ -233,7 +232,15 @@ class Server:
                                     f"{limit} per input (max_input_tokens)")
         cap = served.model.max_positions - 1
         tokens = sum(min(len(ids), cap) + 1 for ids in src_ids if ids)
-        return Job(src_ids, opts, attention, options_key(opts, attention), tokens, time.monotonic())
+        guides = None
+        if prefixes and any(prefixes):
+            encoded = served.tokenizer.encode_tgt([p or "" for p in prefixes])
+            for i, ids in enumerate(encoded):
+                if len(ids) > min(limit, cap):
+                    raise ApiError(413, f"inputs[{i}].prefix is {len(ids)} subwords long; this server takes at "
+                                        f"most {min(limit, cap)} (max_input_tokens, the model's longest output)")
+            guides = [Guide(prefix=ids if p else []) for ids, p in zip(encoded, prefixes)]
+        return Job(src_ids, opts, attention, options_key(opts, attention), tokens, time.monotonic(), guides=guides)
 
     def response(self, served: ServedModel, job: Job, results) -> dict:
         tok = served.tokenizer
@@ -257,6 +264,34 @@ class Server:
         options = {k: v for k, v in dataclasses.asdict(job.opts).items() if k not in NOT_REQUEST_OPTIONS}
         return {"model": served.name, "outputs": outputs, "options": {**options, "attention": job.attention},
                 "batch": job.batch}
+
+
+INPUT_FIELDS = ("text", "prefix")
+
+
+def _input_text(i: int, item) -> tuple[str, str | None]:
+    """(text, prefix or None) of inputs[i]: a string, or an object with "text" and an optional "prefix"."""
+    if isinstance(item, dict):
+        unknown = sorted(set(item) - set(INPUT_FIELDS))
+        if unknown:
+            raise ApiError(400, f"inputs[{i}]: unknown field(s) {', '.join(map(str, unknown))} "
+                                f"(known: {', '.join(INPUT_FIELDS)})")
+        text, prefix = item.get("text"), item.get("prefix")
+        if not isinstance(text, str):
+            raise ApiError(400, f"inputs[{i}].text must be a string")
+        if prefix is not None and not isinstance(prefix, str):
+            raise ApiError(400, f"inputs[{i}].prefix must be a string or null")
+    elif isinstance(item, str):
+        text, prefix = item, None
+    else:
+        raise ApiError(400, f"inputs[{i}] must be a string or an object {{\"text\": ..., \"prefix\": ...}}, "
+                            f"not {type(item).__name__}")
+    for value, what in ((text, ""), (prefix or "", ".prefix")):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, f"inputs[{i}]{what} is not valid Unicode text (a lone surrogate)") from None
+    return text, prefix or None
 
 
 def _number(x: float):

@@ -10,7 +10,7 @@ from collections import deque
 from concurrent.futures import Future
 
 from seq2seq.backends.pytorch import TorchBackend
-from seq2seq.generation.options import GenerationOptions
+from seq2seq.generation.options import GenerationOptions, Guide
 from seq2seq.serve.options import ApiError, Limits
 
 log = logging.getLogger("seq2seq.serve")
@@ -26,6 +26,7 @@ class Job:
     arrived: float           # time.monotonic()
     future: Future = dataclasses.field(default_factory=Future)
     batch: dict | None = None  # filled by the worker: the batch this job was decoded in
+    guides: list[Guide] | None = None  # one per input (a target prefix), None when no input has one
 
 
 class Worker:
@@ -112,9 +113,12 @@ class Worker:
 
     def _decode(self, group: list[Job]) -> None:
         src_ids = [ids for job in group for ids in job.src_ids]
+        guides = None
+        if any(job.guides for job in group):
+            guides = [g for job in group for g in (job.guides or [Guide() for _ in job.src_ids])]
         first = group[0]
         try:
-            results = self.backend.decode(src_ids, first.opts, need_attention=first.attention)
+            results = self.backend.decode(src_ids, first.opts, need_attention=first.attention, guides=guides)
         except Exception as err:  # noqa: BLE001 - every caller gets the error, the worker goes on
             log.exception("model %s: decoding %d inputs failed", self.name, len(src_ids))
             with self._cond:
