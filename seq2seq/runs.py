@@ -24,7 +24,8 @@ from seq2seq.generation.options import GenerationOptions
 from seq2seq.models.model import EncoderDecoder, build_model
 from seq2seq.training.checkpoint import CheckpointError, check_positions_layout, load_checkpoint, load_model_state
 
-SEARCH_KEYS = ("strategy", "beam_size", "nbest", "temperature", "top_k", "top_p")  # what a generation=<group> sets
+SEARCH_KEYS = ("strategy", "beam_size", "nbest", "temperature", "top_k", "top_p", "epsilon", "mbr_candidates",
+               "mbr_samples", "mbr_utility")  # what a generation=<group> sets
 GENERATION_KEYS = frozenset(f.name for f in dataclasses.fields(GenerationOptions))
 
 

@@ -87,7 +87,7 @@ def test_unknown_key_help_and_cfg_job():
 def test_decode_help_shows_its_own_keys():
     helped = run_cli("decode", "--help").stdout
     assert helped.startswith("seq2seq-decode: decode a file or stdin with a trained run")
-    assert "generation: beam, greedy, sampling" in helped and "\nrun: ???" in helped and "chunk_lines:" in helped
+    assert "generation: beam, greedy, sampling, mbr" in helped and "\nrun: ???" in helped and "chunk_lines:" in helped
     assert "recipe:" not in helped and "lr_scheduler" not in helped and "optim" not in helped
 
 

@@ -69,11 +69,16 @@ def test_greedy_and_sampling_are_beam_with_another_search():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        beam, greedy, sampling = (compose("decode", overrides=["run=x", f"generation={g}"]).generation
-                                  for g in ("beam", "greedy", "sampling"))
+        beam, greedy, sampling, mbr = (compose("decode", overrides=["run=x", f"generation={g}"]).generation
+                                       for g in ("beam", "greedy", "sampling", "mbr"))
     differ = lambda a, b: {k for k in a if a[k] != b[k]}  # noqa: E731
     assert differ(beam, greedy) == {"strategy", "beam_size"}
     assert differ(beam, sampling) == {"strategy", "beam_size", "top_k"}
+    assert differ(beam, mbr) == {"strategy", "epsilon"}
+    from seq2seq.runs import SEARCH_KEYS  # what generation=<group> sets over a run's saved settings
+
+    for group in (greedy, sampling, mbr):
+        assert differ(beam, group) <= set(SEARCH_KEYS)
 
 
 def test_sentencepiece_threads_default_is_the_yaml_s():

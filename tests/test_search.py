@@ -118,8 +118,14 @@ def test_sampling_is_seeded_and_respects_top_k(toy_model):
 def test_generation_options_reject_bad_values():
     with pytest.raises(ValueError, match="nbest=6 must be between 1 and generation.beam_size=5"):
         GenerationOptions(beam_size=5, nbest=6)
-    with pytest.raises(ValueError, match="strategy must be beam, greedy or sampling"):
+    with pytest.raises(ValueError, match="strategy must be beam, greedy, sampling or mbr"):
         GenerationOptions(strategy="topk")
+    with pytest.raises(ValueError, match="mbr_utility=rouge: choose one of chrf, bleu"):
+        GenerationOptions(strategy="mbr", mbr_utility="rouge")
+    with pytest.raises(ValueError, match="nbest=5 is more than generation.mbr_samples=4"):
+        GenerationOptions(strategy="mbr", mbr_samples=4, nbest=5)
+    with pytest.raises(ValueError, match="epsilon=1.0 must be in"):
+        GenerationOptions(epsilon=1.0)
 
 
 def test_fused_loss_matches_plain_cross_entropy():

@@ -73,6 +73,12 @@ def check_options(opts: GenerationOptions, need_attention: bool, precision: str 
     if opts.repetition_penalty != 1.0:
         raise ValueError("CTranslate2's repetition penalty works on logits, not on log-probabilities as "
                          "generation.repetition_penalty does: set it to 1.0 or decode with backend=torch")
+    if opts.strategy == "mbr":
+        raise ValueError("backend=ctranslate2 does not do minimum Bayes risk decoding here: decode with "
+                         "backend=torch, or choose another generation.strategy")
+    if opts.epsilon:
+        raise ValueError("backend=ctranslate2 has no epsilon sampling: set generation.epsilon=0 or decode with "
+                         "backend=torch")
     if precision not in ("auto", "fp32"):
         raise ValueError(f"precision={precision} is for backend=torch; backend=ctranslate2 takes "
                          f"compute_type=int8|int8_float32|bfloat16|float32|...")

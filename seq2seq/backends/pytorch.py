@@ -12,11 +12,22 @@ import torch
 from seq2seq.backends.base import BackendSettings
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.generation.decoding import decode_ids
+from seq2seq.generation import mbr
 from seq2seq.generation.ensemble import Ensemble, check_vocabularies
 from seq2seq.generation.options import GenerationOptions, Guide, Hypothesis
 from seq2seq.models.model import AttentionChoice, EncoderDecoder
 from seq2seq.runs import Member
 from seq2seq.training import precision
+
+def mbr_select(results: list[list[Hypothesis]], tokenizer: Tokenizer, opts: GenerationOptions) -> list[list[Hypothesis]]:
+    """strategy=mbr: each input's candidates reduced to its nbest by expected utility (seq2seq.generation.mbr)."""
+    texts = tokenizer.decode_tgt([h.tokens for hyps in results for h in hyps])
+    chosen, start = [], 0
+    for hyps in results:
+        chosen.append(mbr.select(hyps, texts[start:start + len(hyps)], opts.mbr_utility, opts.nbest))
+        start += len(hyps)
+    return chosen
+
 
 DEFAULT_KERNELS = {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}
 
@@ -76,5 +87,8 @@ class TorchBackend:
                progress=None, guides: list[Guide] | None = None) -> list[list[Hypothesis]]:
         autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
         with autocast:
-            return decode_ids(self.model, src_ids, opts, batch_tokens=self.batch_tokens, device=self.device,
-                              need_attention=need_attention, progress=progress, guides=guides)
+            results = decode_ids(self.model, src_ids, opts, batch_tokens=self.batch_tokens, device=self.device,
+                                 need_attention=need_attention, progress=progress, guides=guides)
+        if opts.strategy == "mbr":
+            results = mbr_select(results, self.tokenizer, opts)
+        return results

@@ -2,7 +2,7 @@
 (Hypothesis), with the length bounds every strategy and backend shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -47,6 +47,11 @@ def forced_at(prefix: tuple[torch.Tensor, torch.Tensor] | None, t: int, rows: to
     return ids[:, t].index_select(0, rows)
 
 
+STRATEGIES = ("beam", "greedy", "sampling", "mbr")
+MBR_UTILITIES = ("chrf", "bleu")  # seq2seq.generation.mbr
+MBR_CANDIDATES = ("sampling", "beam")
+
+
 @dataclass
 class GenerationOptions:
     strategy: str = "beam"
@@ -64,13 +69,17 @@ class GenerationOptions:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    epsilon: float = 0.0           # sampling: tokens of probability below this are never drawn (0 = off)
+    mbr_candidates: str = "sampling"  # strategy=mbr: sampling (temperature, top_k, top_p, epsilon) | beam (n-best)
+    mbr_samples: int = 32          # strategy=mbr: candidates per input (also the pseudo-references)
+    mbr_utility: str = "chrf"      # strategy=mbr: chrf | bleu (sacreBLEU's sentence scores)
     print_alignment: bool = False  # seq2seq-decode: hard alignments as an extra column
     attention_layer: int = -1      # which decoder layer's attention seq2seq-decode shows (-1 = last)
     attention_head: int = -1       # which head (-1 = mean over heads)
 
     def __post_init__(self):
-        if self.strategy not in ("beam", "greedy", "sampling"):
-            raise ValueError(f"generation.strategy must be beam, greedy or sampling, not '{self.strategy}'")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"generation.strategy must be beam, greedy, sampling or mbr, not '{self.strategy}'")
         if self.beam_size < 1:
             raise ValueError(f"generation.beam_size={self.beam_size} must be at least 1")
         if self.strategy == "beam" and not 1 <= self.nbest <= self.beam_size:
@@ -94,7 +103,7 @@ class GenerationOptions:
                              f"(1.0 = off, above 1 discourages repeats)")
         if self.coverage_penalty < 0:
             raise ValueError(f"generation.coverage_penalty={self.coverage_penalty} must not be negative (0 = off)")
-        if self.coverage_penalty > 0 and self.strategy != "beam":
+        if self.coverage_penalty > 0 and self.strategy not in ("beam", "mbr"):
             raise ValueError(f"generation.coverage_penalty={self.coverage_penalty} ranks finished beam hypotheses and "
                              f"needs generation.strategy=beam, not {self.strategy}; set generation.coverage_penalty=0")
         if self.temperature <= 0:
@@ -103,6 +112,29 @@ class GenerationOptions:
             raise ValueError(f"generation.top_p={self.top_p} must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError(f"generation.top_k={self.top_k} must not be negative (0 = no cutoff)")
+        if not 0 <= self.epsilon < 1:
+            raise ValueError(f"generation.epsilon={self.epsilon} must be in [0, 1) (0 = off)")
+        self._check_mbr()
+
+    def _check_mbr(self) -> None:
+        if self.mbr_candidates not in MBR_CANDIDATES:
+            raise ValueError(f"generation.mbr_candidates={self.mbr_candidates}: choose sampling or beam")
+        if self.mbr_utility not in MBR_UTILITIES:
+            raise ValueError(f"generation.mbr_utility={self.mbr_utility}: choose one of {', '.join(MBR_UTILITIES)}")
+        if self.mbr_samples < 1:
+            raise ValueError(f"generation.mbr_samples={self.mbr_samples} must be at least 1")
+        if self.strategy == "mbr" and self.nbest > self.mbr_samples:
+            raise ValueError(f"generation.nbest={self.nbest} is more than generation.mbr_samples="
+                             f"{self.mbr_samples}: MBR ranks that many candidates")
+        if self.strategy == "mbr" and self.coverage_penalty > 0 and self.mbr_candidates != "beam":
+            raise ValueError("generation.coverage_penalty ranks beam hypotheses: with strategy=mbr it needs "
+                             "generation.mbr_candidates=beam")
+
+    def candidates(self) -> "GenerationOptions":
+        """strategy=mbr: the search that draws its candidates (mbr_samples of them)."""
+        if self.mbr_candidates == "beam":
+            return replace(self, strategy="beam", beam_size=self.mbr_samples, nbest=self.mbr_samples)
+        return replace(self, strategy="sampling", beam_size=1, nbest=self.mbr_samples)
 
     @property
     def penalised(self) -> bool:

@@ -92,6 +92,11 @@ def _draw(logp: torch.Tensor, opts: GenerationOptions, generator) -> torch.Tenso
     if opts.top_k > 0:
         kth = logits.topk(min(opts.top_k, logits.size(1)), dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
+    if opts.epsilon > 0:  # epsilon sampling (Hewitt et al., 2022): never a token below epsilon (the best stays)
+        probs = logits.softmax(dim=1)
+        low = probs < opts.epsilon
+        low.scatter_(1, probs.argmax(dim=1, keepdim=True), False)
+        logits = logits.masked_fill(low, -math.inf)
     if opts.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=1, descending=True)
         cumulative = sorted_logits.softmax(dim=1).cumsum(dim=1)

@@ -16,9 +16,11 @@ from seq2seq.generation.sampling import sample
 def generate(model, src: torch.Tensor, opts: GenerationOptions, need_attention: bool = False,
              generator: torch.Generator | None = None, guides: list[Guide] | None = None) -> list[list[Hypothesis]]:
     """Hypotheses for each source row of src [B, S] (right-padded, EOS-terminated), best first; guides: one per
-    row (a target prefix) or None."""
+    row (a target prefix) or None. strategy=mbr: the mbr_samples candidates of each row (see mbr.select)."""
     if guides is not None and len(guides) != src.size(0):
         raise ValueError(f"{len(guides)} guides for {src.size(0)} sources")
+    if opts.strategy == "mbr":  # its candidates; seq2seq.generation.mbr.select picks among their texts
+        opts = opts.candidates()
     if opts.strategy == "beam":
         return beam_search(model, src, opts, need_attention, guides)
     return sample(model, src, opts, need_attention, generator, guides)
