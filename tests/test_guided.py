@@ -160,3 +160,105 @@ def test_decode_ids_with_prefixes_keeps_order_and_refuses_too_long_ones(toy_mode
     with pytest.raises(ValueError, match="line 2: the prefix has 70 subwords"):
         decode_ids(toy_model, src_ids[:2], opts, batch_tokens=100, device=torch.device("cpu"),
                    guides=[Guide(), Guide(prefix=[5] * 70)])
+
+
+# ---------------------------------------------------------------- lexically constrained beam search
+def contains(tokens: list[int], phrase: list[int]) -> bool:
+    return any(tokens[i : i + len(phrase)] == phrase for i in range(len(tokens) - len(phrase) + 1))
+
+
+def mixed_constraints(n: int, seed: int) -> list[list[list[int]]]:
+    """0, 1 or 2 phrases of 1-2 symbols per sentence, symbols the reversal may not contain."""
+    import random
+
+    rng = random.Random(seed)
+    return [[[rng.randrange(4, 4 + TOY_SYMBOLS) for _ in range(rng.randint(1, 2))] for _ in range(i % 3)]
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_every_constraint_appears_in_every_output_for_any_batch_size(toy_model, batch):
+    pairs = toy_pairs(16, seed=13)
+    phrases = mixed_constraints(16, seed=batch)
+    opts = GenerationOptions(beam_size=4, nbest=4, max_len_b=16)
+    results = []
+    for start in range(0, 16, batch):
+        src = pad_source([s for s, _ in pairs[start : start + batch]])
+        results += generate(toy_model, src, opts, guides=[Guide(constraints=c) for c in phrases[start : start + batch]])
+    assert any(len(c) == 2 for c in phrases) and any(not c for c in phrases)
+    for hyps, cons in zip(results, phrases):
+        for h in hyps:
+            assert h.unmet == () and all(contains(h.tokens, p) for p in cons), (h.tokens, cons)
+
+
+def test_constrained_sentences_alone_equal_them_in_a_batch_and_scores_equal_forced_decoding(toy_model):
+    pairs = toy_pairs(12, seed=14)
+    phrases = mixed_constraints(12, seed=2)
+    src = pad_source([s for s, _ in pairs])
+    opts = GenerationOptions(beam_size=4, nbest=3, max_len_b=16)
+    together = generate(toy_model, src, opts, guides=[Guide(constraints=c) for c in phrases])
+    plain = generate(toy_model, src, opts)
+    for row, (hyps, cons) in enumerate(zip(together, phrases)):
+        alone = generate(toy_model, pad_source([pairs[row][0]]), opts, guides=[Guide(constraints=cons)])[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in hyps]
+        if not cons:  # a sentence without phrases in a constrained batch: plain beam search
+            assert [h.tokens for h in hyps] == [h.tokens for h in plain[row]]
+        for h in hyps:
+            assert h.logprob == pytest.approx(forced_logprob(toy_model, src[row], h.tokens), abs=1e-3)
+
+
+def test_no_constraints_is_plain_beam_search(toy_model):
+    src = pad_source([s for s, _ in toy_pairs(8, seed=15)])
+    opts = GenerationOptions(beam_size=3, nbest=3)
+    plain = generate(toy_model, src, opts)
+    empty = generate(toy_model, src, opts, guides=[Guide() for _ in range(8)])
+    assert [[h.tokens for h in x] for x in plain] == [[h.tokens for h in x] for x in empty]
+
+
+def test_ordered_constraints_appear_in_order(toy_model):
+    pairs = toy_pairs(8, seed=16)
+    src = pad_source([s for s, _ in pairs])
+    phrases = [[[s[0]], [s[-1]]] for s, _ in pairs]  # the reversal has them the other way round
+    opts = GenerationOptions(beam_size=4, max_len_b=16, constraints_ordered=True)
+    for (s, _), hyps in zip(pairs, generate(toy_model, src, opts, guides=[Guide(constraints=c) for c in phrases])):
+        tokens = hyps[0].tokens
+        first = tokens.index(s[0])
+        assert s[-1] in tokens[first + 1:], (s, tokens)
+
+
+def test_an_unreachable_constraint_is_reported_and_the_output_kept(toy_model):
+    src = pad_source([[4, 5, 6]])
+    opts = GenerationOptions(beam_size=3, max_len_a=0.0, max_len_b=4)
+    hyps = generate(toy_model, src, opts, guides=[Guide(constraints=[[7], [8, 9, 10, 11, 12]])])[0]
+    assert hyps and hyps[0].unmet == (1,) and 7 in hyps[0].tokens and len(hyps[0].tokens) <= 4
+
+
+def test_constraints_are_exempt_from_ngram_blocking_and_work_with_prefixes(toy_model):
+    src = pad_source([[4, 5, 6, 7]])
+    opts = GenerationOptions(beam_size=4, no_repeat_ngram_size=1, max_len_b=12)
+    hyps = generate(toy_model, src, opts, guides=[Guide(prefix=[9], constraints=[[6, 6]])])[0]
+    assert hyps[0].tokens[0] == 9 and contains(hyps[0].tokens, [6, 6])
+    with pytest.raises(ValueError, match="constraints need beam search"):
+        generate(toy_model, src, GenerationOptions(strategy="greedy", beam_size=1), guides=[Guide(constraints=[[5]])])
+
+
+def test_constraints_with_a_copy_model():
+    from test_copy import copy_task, rnn_copy_config
+
+    torch.manual_seed(0)
+    model = build_model(rnn_copy_config(), 30, 30)
+    model = train_copy(model)
+    pairs = copy_task(6, seed=3, names=True)
+    src = pad_source([s for s, _ in pairs])
+    phrases = [[[24 + i % 6]] for i in range(6)]  # unseen "names", perhaps not in the source
+    opts = GenerationOptions(beam_size=4, max_len_b=12)
+    for row, hyps in enumerate(generate(model, src, opts, guides=[Guide(constraints=c) for c in phrases])):
+        assert contains(hyps[0].tokens, phrases[row][0])
+        assert hyps[0].logprob == pytest.approx(forced_logprob(model, src[row], hyps[0].tokens), abs=1e-3)
+
+
+def train_copy(model):
+    from helpers.models import train_toy_model
+    from test_copy import copy_task
+
+    return train_toy_model(model, steps=60, lr=3e-3, pairs=copy_task(60 * 64, seed=1, names=True))

@@ -1,7 +1,8 @@
 """Batched beam search through the decoder seam (EncoderDecoder.step and state.reorder): k hypotheses per
 sentence, the 2k best candidates each step, a sentence finished when k of its hypotheses have ended or its
-length limit is reached; finished sentences leave the batch. A sentence's guide (a target prefix) forces its
-first tokens, scored as the model scores them."""
+length limit is reached; finished sentences leave the batch. A sentence's guide forces its first tokens (a
+target prefix, scored as the model scores them) and the phrases its output must contain
+(seq2seq.generation.constraints: the candidates and the order in which they fill the beams)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import math
 import torch
 
 from seq2seq.data.tokenizer import BOS, EOS, PAD
+from seq2seq.generation import constraints
 from seq2seq.generation.controls import coverage_penalty, force_tokens, mask_scores, penalise
 from seq2seq.generation.options import (GenerationOptions, Guide, Hypothesis, attention_report, forced_at,
                                         length_bounds, prefix_tensors, scored_hypothesis)
@@ -39,7 +41,9 @@ def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attentio
     scores[:, 0] = 0.0
     true_scores = scores.clone() if opts.penalised else scores   # the model's log-probabilities
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    positions = torch.arange(2 * k, device=src.device)
+    phrases = constraints.Constraints.of([g.constraints for g in guides] if guides else None,
+                                         opts.constraints_ordered, src.device)
+    progress = phrases.start(rows) if phrases is not None else None
     for t in range(int(limits.max()) + 1):
         n = active.numel()
         logp, state, attn = model.step(last, state)
@@ -62,7 +66,13 @@ def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attentio
         else:
             top_true = top_scores
         beam_of, token = top_idx // vocab, top_idx % vocab
+        if phrases is not None:
+            cand = constraints.expand(constraints.Candidates(top_scores, top_true, beam_of, token), phrases,
+                                      progress, scores, true_scores, search, logp, active,
+                                      limits[active].le(t), EOS)
+            top_scores, top_true, beam_of, token = cand.score, cand.true, cand.beam, cand.token
         is_eos = token.eq(EOS) & top_scores.gt(-math.inf)
+        width = top_scores.size(1)
 
         # Hypotheses ending in EOS among the k best candidates are finished.
         done = torch.zeros(n, dtype=torch.bool)
@@ -77,16 +87,19 @@ def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attentio
                 if len(finished[sentence]) < k:
                     row = i * k + beam_cpu[i][j]
                     attention = attn_history[row].cpu() if need_attention else None
-                    finished[sentence].append(
-                        scored_hypothesis(history[row].tolist(), true_cpu[i][j], opts.len_penalty, attention,
-                                    penalties[row] if penalties is not None else 0.0))
+                    hyp = scored_hypothesis(history[row].tolist(), true_cpu[i][j], opts.len_penalty, attention,
+                                            penalties[row] if penalties is not None else 0.0)
+                    if phrases is not None:
+                        hyp.unmet = phrases.unmet(cand.progress.index_select(
+                            torch.tensor([i * width + j], device=src.device)), active[i : i + 1])[0]
+                    finished[sentence].append(hyp)
         counts = torch.tensor([len(finished[int(s)]) for s in active.tolist()])
         done = counts.ge(k) | limits[active].le(t).cpu()
         if bool(done.all()):
             break
 
         # The k best candidates that do not end here continue.
-        order = (positions + is_eos.long() * 2 * k).argsort(dim=1)[:, :k]
+        order = (torch.arange(width, device=src.device) + is_eos.long() * width).argsort(dim=1)[:, :k]
         next_scores = top_scores.gather(1, order)
         next_true = top_true.gather(1, order) if opts.penalised else next_scores
         next_rows = (torch.arange(n, device=src.device) * k).unsqueeze(1) + beam_of.gather(1, order)
@@ -99,11 +112,14 @@ def beam_search(model, src: torch.Tensor, opts: GenerationOptions, need_attentio
             attn_history = attn_history.index_select(0, rows)
         if beta > 0:
             coverage = coverage.index_select(0, rows)
+        if phrases is not None:
+            picked = (torch.arange(n, device=src.device)[:, None] * width + order)[keep].view(-1)
+            progress = cand.progress.index_select(picked)
         last, scores, active = next_tokens[keep].view(-1), next_scores[keep], active[keep]
         true_scores = next_true[keep] if opts.penalised else scores
     results = []
     for sentence, hyps in enumerate(finished):
-        hyps.sort(key=lambda h: h.score, reverse=True)
+        hyps.sort(key=lambda h: (not h.unmet, h.score), reverse=True)  # every phrase met first
         src_len = int(src[sentence].ne(PAD).sum())
         for h in hyps:
             if h.attention is not None:

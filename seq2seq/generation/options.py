@@ -16,14 +16,17 @@ class Hypothesis:
     logprob: float             # true log-probability of tokens + EOS under the model (no penalties)
     score: float               # logprob / (len(tokens) + 1) ** len_penalty (+ the coverage penalty): what ranks
     attention: torch.Tensor | None = field(default=None, repr=False)  # [len(tokens) + 1, source length]
+    unmet: tuple[int, ...] = ()  # constrained search: the input's phrases (their indices) this output lacks
 
 
 @dataclass
 class Guide:
     """What one input's output must honour beyond the options: a target prefix (ids, no BOS) it starts with,
-    scored like every other token (so n-best lists and scores stay true)."""
+    scored like every other token (so n-best lists and scores stay true), and phrases (id sequences) it must
+    contain (seq2seq.generation.constraints)."""
 
     prefix: list[int] = field(default_factory=list)
+    constraints: list[list[int]] = field(default_factory=list)  # phrases the output must contain (beam search)
 
 
 def prefix_tensors(guides: list[Guide] | None, device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -69,6 +72,7 @@ class GenerationOptions:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    constraints_ordered: bool = False  # constrained beam search: the phrases must appear in the order given
     epsilon: float = 0.0           # sampling: tokens of probability below this are never drawn (0 = off)
     mbr_candidates: str = "sampling"  # strategy=mbr: sampling (temperature, top_k, top_p, epsilon) | beam (n-best)
     mbr_samples: int = 32          # strategy=mbr: candidates per input (also the pseudo-references)

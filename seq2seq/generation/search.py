@@ -21,6 +21,9 @@ def generate(model, src: torch.Tensor, opts: GenerationOptions, need_attention: 
         raise ValueError(f"{len(guides)} guides for {src.size(0)} sources")
     if opts.strategy == "mbr":  # its candidates; seq2seq.generation.mbr.select picks among their texts
         opts = opts.candidates()
+    if guides is not None and opts.strategy != "beam" and any(g.constraints for g in guides):
+        raise ValueError(f"constraints need beam search (generation.strategy=beam, or generation=mbr with "
+                         f"generation.mbr_candidates=beam), not {opts.strategy}")
     if opts.strategy == "beam":
         return beam_search(model, src, opts, need_attention, guides)
     return sample(model, src, opts, need_attention, generator, guides)
