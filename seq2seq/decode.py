@@ -35,8 +35,8 @@ from seq2seq.backends import Backend, BackendSettings, open_backend
 from seq2seq.cli import command_line_overrides
 from seq2seq.host import resolve_device, set_threads
 from seq2seq.config import options_from, setup_logging, to_dict, to_plain
-from seq2seq.data.corpus import iter_prefixed_documents
-from seq2seq.generation.options import GenerationOptions, Guide
+from seq2seq.data.corpus import GuidedDocument, iter_guided_documents
+from seq2seq.generation.options import GenerationOptions, guides_of
 from seq2seq.runs import LoadedRun, load_run, members
 from seq2seq.visualize import format_alignment, hard_alignment, write_attention
 
@@ -103,7 +103,8 @@ def decode(cfg: DictConfig) -> int:
     opts = options_from(GenerationOptions, "generation", settings)
     if not isinstance(cfg.chunk_lines, int) or cfg.chunk_lines < 1:
         raise ValueError(f"chunk_lines={cfg.chunk_lines} must be a whole number >= 1")
-    documents = iter_prefixed_documents(cfg.input, cfg.input_field, cfg.prefix, cfg.prefix_field)
+    documents = iter_guided_documents(cfg.input, cfg.input_field, prefix=cfg.prefix, prefix_field=cfg.prefix_field,
+                                      constraints=cfg.constraints, constraints_field=cfg.constraints_field)
     first = list(itertools.islice(documents, cfg.chunk_lines))  # input errors of the first chunk before the model
     need_attention = bool(cfg.attention) or opts.print_alignment
     weights = to_plain(cfg.ensemble.weights)
@@ -112,7 +113,7 @@ def decode(cfg: DictConfig) -> int:
                                 precision=cfg.precision, kernels=to_dict(cfg.kernels),
                                 compute_type=cfg.compute_type, weights=None if weights is None else tuple(weights),
                                 combine=cfg.ensemble.combine),
-        opts, need_attention=need_attention, sample_texts=[text for text, _ in first], generation=settings,
+        opts, need_attention=need_attention, sample_texts=[d.text for d in first], generation=settings,
         label="decode precision")
     log.info("decoding %s with %s (%s)", cfg.input, " + ".join(map(str, backend_checkpoints(backend))),
              ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("print_alignment",)))
@@ -121,9 +122,10 @@ def decode(cfg: DictConfig) -> int:
     try:
         with tqdm(unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
             for chunk in chunks(itertools.chain(first, documents), cfg.chunk_lines):
-                src_ids = backend.tokenizer.encode_src([text for text, _ in chunk])
+                src_ids = backend.tokenizer.encode_src([d.text for d in chunk])
                 results = backend.decode(src_ids, opts, need_attention=need_attention, progress=bar,
-                                         guides=guides_of(backend.tokenizer, [p for _, p in chunk]))
+                                         guides=guides_of(backend.tokenizer, chunk))
+                report_unmet(chunk, results, offset=done)
                 writer.write(format_outputs(results, backend.tokenizer, opts, offset=done))
                 if cfg.attention:
                     attention_items += _attention_items(backend, src_ids, results, done,
@@ -142,12 +144,14 @@ def decode(cfg: DictConfig) -> int:
     return done
 
 
-def guides_of(tokenizer, prefixes: list[str | None]) -> list[Guide] | None:
-    """One Guide per input: its prefix text encoded as target pieces (None when no input has a prefix)."""
-    if not any(prefixes):
-        return None
-    texts = [p or "" for p in prefixes]
-    return [Guide(prefix=ids if text else []) for ids, text in zip(tokenizer.encode_tgt(texts), texts)]
+def report_unmet(documents: list[GuidedDocument], results, offset: int) -> None:
+    """A warning for each input whose best output lacks some of its phrases (beam search could not fit them
+    within the length limit): the output is kept, never dropped."""
+    for i, (doc, hyps) in enumerate(zip(documents, results)):
+        if hyps and hyps[0].unmet:
+            missing = ", ".join(repr(doc.constraints[j]) for j in hyps[0].unmet)
+            log.warning("line %d: constraint(s) %s not met within the length limit (the output is kept)",
+                        offset + i + 1, missing)
 
 
 def backend_checkpoints(backend: Backend) -> tuple:

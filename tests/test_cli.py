@@ -184,6 +184,38 @@ def test_decode_with_prefixes_from_a_file_and_a_json_field(trained_run, tmp_path
     assert bad.returncode == 2 and "has 2 lines and the input" in bad.stderr and "6" in bad.stderr
 
 
+def test_decode_with_constraints_from_a_file_and_a_json_field(trained_run, tmp_path):
+    from helpers.corpora import TRANSLATE
+
+    _, run_dir = trained_run
+    src, _ = toy_corpus_lines(6, seed=7)
+    words = sorted(TRANSLATE.values())
+    phrases = [[words[i % len(words)]] if i % 3 else [] for i in range(6)]
+    phrases[4] = [words[1], words[2]]
+    (tmp_path / "in.txt").write_text("\n".join(src) + "\n")
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(p) + "\n" for p in phrases))
+    args = ("threads=1", "generation.beam_size=4", "generation.max_len_b=20")
+    out = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", f"constraints={tmp_path / 'c.jsonl'}",
+                  *args).stdout.splitlines()
+    assert len(out) == 6
+    for line, cons in zip(out, phrases):
+        assert all(c in line.split() for c in cons), (line, cons)
+    plain = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", *args).stdout.splitlines()
+    assert [o for o, c in zip(out, phrases) if not c] == [o for o, c in zip(plain, phrases) if not c]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"doc": t, "terms": c}) + "\n" for t, c in zip(src, phrases)))
+    fields = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.jsonl'}", "input_field=doc",
+                     "constraints_field=terms", *args).stdout.splitlines()
+    assert fields == out
+    tight = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", f"constraints={tmp_path / 'c.jsonl'}",
+                    "threads=1", "generation.max_len_a=0", "generation.max_len_b=1")
+    assert "line 5: constraint(s)" in tight.stderr and "not met within the length limit" in tight.stderr
+    assert len(tight.stdout.splitlines()) == 6
+    (tmp_path / "bad.jsonl").write_text('["a"]\n{"x": 1}\n' + "[]\n" * 4)
+    bad = run_cli("decode", f"run={run_dir}", f"input={tmp_path / 'in.txt'}", f"constraints={tmp_path / 'bad.jsonl'}",
+                  check=False)
+    assert bad.returncode == 2 and "bad.jsonl, line 2: constraints must be a JSON list of strings" in bad.stderr
+
+
 # ---------------------------------------------------------------- error reports (seq2seq.cli)
 def _error_cases(tmp_path):
     """(command, arguments, what the message must say) for usage and input errors, on tiny files."""

@@ -110,6 +110,30 @@ def test_prefixes_per_input_equal_seq2seq_decode_with_a_prefix_file(trained_run,
     assert plain["outputs"][0]["text"] == texts[0]  # an input without a prefix is decoded as without any
 
 
+def test_constraints_per_input_and_per_request(client):
+    from helpers.corpora import TRANSLATE
+
+    words = sorted(TRANSLATE.values())
+    inputs = INPUTS[:3]
+    answer = client.post("/v1/generate", json={"inputs": inputs, "constraints": [[words[0]], [], [words[1], words[2]]],
+                                               "options": {"beam_size": 4, "max_len_b": 20}})
+    assert answer.status_code == 200, answer.text
+    outputs = answer.json()["outputs"]
+    assert words[0] in outputs[0]["text"].split() and {words[1], words[2]} <= set(outputs[2]["text"].split())
+    assert outputs[0]["unmet_constraints"] == [] and "unmet_constraints" not in outputs[1]
+    objects = client.post("/v1/generate", json={"inputs": [{"text": inputs[0], "constraints": [words[0]]}, inputs[1]],
+                                                "options": {"beam_size": 4, "max_len_b": 20}}).json()
+    assert [o["text"] for o in objects["outputs"]] == [o["text"] for o in outputs[:2]]
+    tight = client.post("/v1/generate", json={"inputs": inputs[:1], "constraints": [[words[3], words[4]]],
+                                              "options": {"beam_size": 2, "max_len_a": 0, "max_len_b": 1}}).json()
+    assert len(tight["outputs"][0]["unmet_constraints"]) >= 1
+    bad = client.post("/v1/generate", json={"inputs": inputs[:2], "constraints": [["a"]]})
+    assert bad.status_code == 400 and "one list of phrases per input (2)" in bad.json()["error"]
+    greedy = client.post("/v1/generate", json={"inputs": inputs[:1], "constraints": [["a"]],
+                                               "options": {"strategy": "greedy", "beam_size": 1}})
+    assert greedy.status_code == 400 and "constraints need beam search" in greedy.json()["error"]
+
+
 def test_an_ensemble_is_served_as_one_model(trained_run, client):
     _, run_dir = trained_run
     server = Server.from_runs({"pair": [run_dir, run_dir], "toy": run_dir}, checkpoint=["best"],
@@ -164,7 +188,7 @@ BAD = [
     ("an input not a string", {"inputs": ["the cat", 3]}, 400, "inputs[1] must be a string or an object"),
     ("an input object without text", {"inputs": [{"prefix": "a"}]}, 400, "inputs[0].text must be a string"),
     ("an input object with another field", {"inputs": [{"text": "a", "constraint": "b"}]}, 400,
-     "inputs[0]: unknown field(s) constraint (known: text, prefix)"),
+     "inputs[0]: unknown field(s) constraint (known: text, prefix, constraints)"),
     ("a prefix not a string", {"inputs": [{"text": "a", "prefix": 3}]}, 400, "inputs[0].prefix must be a string"),
     ("no inputs", {"inputs": []}, 400, "inputs is empty"),
     ("missing inputs", {"model": "toy"}, 400, "inputs must be a list of strings"),

@@ -134,6 +134,9 @@ class CTranslate2Backend:
         length are decoded together); scores are CTranslate2's."""
         if need_attention:
             raise ValueError("backend=ctranslate2 reports no attention")
+        if guides is not None and any(g.constraints for g in guides):
+            raise ValueError("backend=ctranslate2 has no lexically constrained decoding (CTranslate2 offers none): "
+                             "decode with backend=torch")
         if guides is not None and any(g.prefix for g in guides):
             raise ValueError("backend=ctranslate2 does not take target prefixes here yet: decode with backend=torch")
         target_ids = self._target_ids

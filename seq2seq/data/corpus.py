@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,28 +120,43 @@ def iter_documents(path: str, field: str | None = None):
     return (jsonl_record(line, number, name, (field,))[0] for number, line in iter_lines(path))
 
 
-def iter_prefixed_documents(path: str, field: str | None, prefix: str | None, prefix_field: str | None):
-    """(document, target prefix or None) one at a time: the prefixes from their own file (one line per input
-    line; an empty line: none) or from a field of the JSON Lines input (a missing or null field: none).
-    Without either, every prefix is None. A prefix file with another number of lines is an error naming both
-    counts, found before anything is decoded when both are files."""
-    if prefix and prefix_field:
-        raise DataError("prefix= (a file) and prefix_field= (a field of the input) both set: choose one")
-    if prefix_field:
-        if not field:
-            raise DataError(f"prefix_field={prefix_field} reads a field of JSON Lines input: set input_field too, "
-                            f"or give the prefixes as a file with prefix=<file>")
-        name = "<stdin>" if path == "-" else path
-        return (_prefixed_record(line, number, name, field, prefix_field) for number, line in iter_lines(path))
-    documents = iter_documents(path, field)
-    if not prefix:
-        return ((text, None) for text in documents)
-    if path != "-" and prefix != "-":
-        lines, prefixes = count_lines(path), count_lines(prefix)
-        if lines != prefixes:
-            raise DataError(f"the prefix file {prefix} has {prefixes} lines and the input {path} {lines}: "
-                            f"one prefix line (empty for none) per input line")
-    return _zip_prefixes(documents, iter_lines(prefix), path, prefix)
+@dataclass(frozen=True)
+class GuidedDocument:
+    """One input to decode: its text, the target prefix its output starts with (None: none) and the phrases
+    its output must contain (() : none)."""
+
+    text: str
+    prefix: str | None = None
+    constraints: tuple[str, ...] = ()
+
+
+def iter_guided_documents(path: str, field: str | None, *, prefix: str | None = None,
+                          prefix_field: str | None = None, constraints: str | None = None,
+                          constraints_field: str | None = None):
+    """GuidedDocuments one at a time. Prefixes come from their own file (one line per input line; an empty
+    line: none) or a string field of the JSON Lines input (missing or null: none); constraints from a JSON
+    Lines file (one JSON list of phrase strings per input line; [] : none) or a list field of the input. A
+    side file with another number of lines is an error naming both counts, found before anything is decoded
+    when the files are files (not stdin)."""
+    for what, file, key in (("prefix", prefix, prefix_field), ("constraints", constraints, constraints_field)):
+        if file and key:
+            raise DataError(f"{what}= (a file) and {what}_field= (a field of the input) both set: choose one")
+        if key and not field:
+            raise DataError(f"{what}_field={key} reads a field of JSON Lines input: set input_field too, "
+                            f"or give them as a file with {what}=<file>")
+    name = "<stdin>" if path == "-" else path
+    if field:
+        records = (_guided_record(line, number, name, field, prefix_field, constraints_field)
+                   for number, line in iter_lines(path))
+    else:
+        records = (GuidedDocument(text) for _, text in iter_lines(path))
+    for what, file in (("prefix", prefix), ("constraints", constraints)):
+        if file:
+            if path != "-" and file != "-" and count_lines(path) != count_lines(file):
+                raise DataError(f"the {what} file {file} has {count_lines(file)} lines and the input {path} "
+                                f"{count_lines(path)}: one line per input line")
+            records = _zip_side_file(records, file, path, what)
+    return records
 
 
 def count_lines(path: str) -> int:
@@ -156,22 +172,45 @@ def count_lines(path: str) -> int:
     return count + (last != b"\n")
 
 
-def _prefixed_record(line: str, number: int, name: str, field: str, prefix_field: str) -> tuple[str, str | None]:
+def _phrases(value, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: constraints must be a JSON list of strings (phrases), not {json.dumps(value)[:60]}")
+    return tuple(v for v in value if v.strip())
+
+
+def _guided_record(line: str, number: int, name: str, field: str, prefix_field: str | None,
+                   constraints_field: str | None) -> GuidedDocument:
     (text,) = jsonl_record(line, number, name, (field,))
-    value = json.loads(line).get(prefix_field)
-    if value is not None and not isinstance(value, str):
-        raise DataError(f"{name}, line {number}: field '{prefix_field}' is {type(value).__name__}, not a string")
-    return text, value or None
+    if not prefix_field and not constraints_field:
+        return GuidedDocument(text)
+    record = json.loads(line)
+    prefix = record.get(prefix_field) if prefix_field else None
+    if prefix is not None and not isinstance(prefix, str):
+        raise DataError(f"{name}, line {number}: field '{prefix_field}' is {type(prefix).__name__}, not a string")
+    phrases = _phrases(record.get(constraints_field), f"{name}, line {number}, field '{constraints_field}'") \
+        if constraints_field else ()
+    return GuidedDocument(text, prefix or None, phrases)
 
 
-def _zip_prefixes(documents, prefixes, path: str, prefix: str):
-    for number, text in enumerate(documents, start=1):
-        line = next(prefixes, None)
+def _zip_side_file(records, file: str, path: str, what: str):
+    lines = iter_lines(file)
+    for number, record in enumerate(records, start=1):
+        line = next(lines, None)
         if line is None:
-            raise DataError(f"the prefix file {prefix} ends at line {number - 1}, before the input {path}")
-        yield text, line[1] or None
-    if next(prefixes, None) is not None:
-        raise DataError(f"the prefix file {prefix} has more lines than the input {path}")
+            raise DataError(f"the {what} file {file} ends at line {number - 1}, before the input {path}")
+        if what == "prefix":
+            yield dataclasses.replace(record, prefix=line[1] or None)
+        else:
+            try:
+                value = json.loads(line[1]) if line[1].strip() else []
+            except json.JSONDecodeError as err:
+                raise DataError(f"{file}, line {number}: not valid JSON ({err.msg}); write one JSON list of "
+                                f"phrases per line, [] for none") from None
+            yield dataclasses.replace(record, constraints=_phrases(value, f"{file}, line {number}"))
+    if next(lines, None) is not None:
+        raise DataError(f"the {what} file {file} has more lines than the input {path}")
 
 
 def read_documents(path: str, field: str | None = None) -> list[str]:

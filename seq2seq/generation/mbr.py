@@ -22,6 +22,7 @@ import dataclasses
 from collections import Counter
 
 import numpy as np
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 from seq2seq.generation.options import MBR_UTILITIES as UTILITIES, Hypothesis
 
@@ -94,8 +95,6 @@ def _chrf_matrix(texts: list[str]) -> np.ndarray:
 
 
 def _bleu_matrix(texts: list[str]) -> np.ndarray:
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-
     tokenize = Tokenizer13a()
     words = [tokenize(t.rstrip()).split() for t in texts]
     n = len(texts)

@@ -29,6 +29,18 @@ class Guide:
     constraints: list[list[int]] = field(default_factory=list)  # phrases the output must contain (beam search)
 
 
+def guides_of(tokenizer, documents: list) -> list[Guide] | None:
+    """One Guide per input (seq2seq.data.corpus.GuidedDocument: text, prefix, constraints): its prefix and
+    phrases encoded as target pieces (None when no input has either)."""
+    if not any(d.prefix or d.constraints for d in documents):
+        return None
+    prefixes = tokenizer.encode_tgt([d.prefix or "" for d in documents])
+    phrases = [p for d in documents for p in d.constraints]
+    encoded = iter(tokenizer.encode_tgt(phrases)) if phrases else iter(())
+    return [Guide(prefix=ids if d.prefix else [], constraints=[next(encoded) for _ in d.constraints])
+            for ids, d in zip(prefixes, documents)]
+
+
 def prefix_tensors(guides: list[Guide] | None, device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(prefix ids [B, P] padded with -1, prefix lengths [B]) of a batch's guides, or None when none has one."""
     if not guides or not any(g.prefix for g in guides):

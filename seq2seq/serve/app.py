@@ -63,8 +63,8 @@ def create_app(server: Server):
     async def generate(request: Request):
         server.check_token(request.headers.get("authorization"))
         body = await _read_body(request, server.limits.max_request_bytes)
-        served, inputs, opts, attention, prefixes = server.parse(body)
-        job = server.job(served, inputs, opts, attention, prefixes)
+        served, inputs, opts, attention = server.parse(body)
+        job = server.job(served, inputs, opts, attention)
         start = time.perf_counter()
         try:
             results = await asyncio.wrap_future(served.worker.submit(job))

@@ -9,7 +9,7 @@ from typing import Any
 
 from seq2seq.generation.options import GenerationOptions
 
-REQUEST_FIELDS = ("model", "inputs", "options")
+REQUEST_FIELDS = ("model", "inputs", "options", "constraints")
 NOT_REQUEST_OPTIONS = ("print_alignment",)  # seq2seq-decode's output format, not a setting of a result
 INT_RANGE = 2**31 - 1
 

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from seq2seq.backends import BackendSettings
 from seq2seq.backends.pytorch import TorchBackend
 from seq2seq.config import config_dir
-from seq2seq.generation.options import GenerationOptions, Guide
+from seq2seq.data.corpus import GuidedDocument
+from seq2seq.generation.options import GenerationOptions, guides_of
 from seq2seq.host import resolve_device
 from seq2seq.models.model import AttentionChoice
 from seq2seq.runs import RunFolder, members
@@ -175,9 +176,10 @@ class Server:
         return {"models": [{**m.summary, "stats": stats[name]} for name, m in self.models.items()],
                 "limits": limits, "options": option_types()}
 
-    def parse(self, body: bytes) -> tuple[ServedModel, list[str], Any, bool, list[str | None]]:
-        """(model, input texts, options, attention, each input's target prefix or None) of a request body, or
-        ApiError. An input is a string or an object {"text": ..., "prefix": ...}."""
+    def parse(self, body: bytes) -> tuple[ServedModel, list[GuidedDocument], Any, bool]:
+        """(model, inputs, options, attention) of a request body, or ApiError. An input is a string or an
+        object {"text": ..., "prefix": ..., "constraints": [phrases]}; the request's "constraints", if given,
+        is one list of phrases per input."""
         try:
             request = json.loads(body)
         except (ValueError, UnicodeDecodeError) as err:
@@ -204,8 +206,9 @@ class Server:
             raise ApiError(400, "inputs must be a list of strings (or of objects {\"text\": ..., \"prefix\": ...})")
         if not inputs:
             raise ApiError(400, "inputs is empty: send at least one input")
-        parsed = [_input_text(i, x) for i, x in enumerate(inputs)]
-        inputs, prefixes = [text for text, _ in parsed], [prefix for _, prefix in parsed]
+        inputs = [_input(i, x) for i, x in enumerate(inputs)]
+        if request.get("constraints") is not None:
+            inputs = _with_constraints(inputs, request["constraints"])
         if len(inputs) > self.limits.max_inputs:
             raise ApiError(413, f"{len(inputs)} inputs in one request; this server takes at most "
                                 f"{self.limits.max_inputs} (max_inputs): split the request")
@@ -216,39 +219,43 @@ class Server:
                 served.model.check_report(AttentionChoice(opts.attention_layer, opts.attention_head))
             except ValueError as err:
                 raise ApiError(400, str(err).replace("generation.", "options.")) from None
-        return served, inputs, opts, attention, prefixes
+        if any(d.constraints for d in inputs) and opts.strategy != "beam" and not (
+                opts.strategy == "mbr" and opts.mbr_candidates == "beam"):
+            raise ApiError(400, f"constraints need beam search: options.strategy=beam, not {opts.strategy}")
+        return served, inputs, opts, attention
 
-    def job(self, served: ServedModel, inputs: list[str], opts, attention: bool,
-            prefixes: list[str | None] | None = None) -> Job:
+    def job(self, served: ServedModel, inputs: list[GuidedDocument | str], opts, attention: bool) -> Job:
+        inputs = [GuidedDocument(d) if isinstance(d, str) else d for d in inputs]
         limit = self.limits.max_input_tokens
-        for i, text in enumerate(inputs):  # a cheap bound before tokenizing: a subword has at least one character
-            if len(text) > 64 * limit:
-                raise ApiError(413, f"inputs[{i}] is {len(text)} characters long; this server takes at most "
+        for i, doc in enumerate(inputs):  # a cheap bound before tokenizing: a subword has at least one character
+            if len(doc.text) > 64 * limit:
+                raise ApiError(413, f"inputs[{i}] is {len(doc.text)} characters long; this server takes at most "
                                     f"{limit} subwords per input (max_input_tokens)")
-        src_ids = served.tokenizer.encode_src(inputs)
+        src_ids = served.tokenizer.encode_src([d.text for d in inputs])
         for i, ids in enumerate(src_ids):
             if len(ids) > limit:
                 raise ApiError(413, f"inputs[{i}] is {len(ids)} subwords long; this server takes at most "
                                     f"{limit} per input (max_input_tokens)")
         cap = served.model.max_positions - 1
         tokens = sum(min(len(ids), cap) + 1 for ids in src_ids if ids)
-        guides = None
-        if prefixes and any(prefixes):
-            encoded = served.tokenizer.encode_tgt([p or "" for p in prefixes])
-            for i, ids in enumerate(encoded):
-                if len(ids) > min(limit, cap):
-                    raise ApiError(413, f"inputs[{i}].prefix is {len(ids)} subwords long; this server takes at "
-                                        f"most {min(limit, cap)} (max_input_tokens, the model's longest output)")
-            guides = [Guide(prefix=ids if p else []) for ids, p in zip(encoded, prefixes)]
-        return Job(src_ids, opts, attention, options_key(opts, attention), tokens, time.monotonic(), guides=guides)
+        guides = guides_of(served.tokenizer, inputs)
+        for i, guide in enumerate(guides or []):
+            size = len(guide.prefix) + sum(len(p) for p in guide.constraints)
+            if size > min(limit, cap):
+                raise ApiError(413, f"inputs[{i}]: its prefix and constraints are {size} subwords long; this server "
+                                    f"takes at most {min(limit, cap)} (max_input_tokens, the model's longest output)")
+        return Job(src_ids, opts, attention, options_key(opts, attention), tokens, time.monotonic(), guides=guides,
+                   constraints=[d.constraints for d in inputs])
 
     def response(self, served: ServedModel, job: Job, results) -> dict:
         tok = served.tokenizer
         outputs = []
-        for ids, hyps in zip(job.src_ids, results):
+        for ids, hyps, phrases in zip(job.src_ids, results, job.constraints or [()] * len(results)):
             texts = tok.decode_tgt([h.tokens for h in hyps])
             best = hyps[0]
             out = {"text": texts[0], "score": _number(best.score), "logprob": _number(best.logprob)}
+            if phrases:
+                out["unmet_constraints"] = [phrases[j] for j in best.unmet]
             if job.opts.nbest > 1:
                 out["nbest"] = [{"text": t, "score": _number(h.score), "logprob": _number(h.logprob)}
                                 for h, t in zip(hyps, texts)]
@@ -266,11 +273,11 @@ class Server:
                 "batch": job.batch}
 
 
-INPUT_FIELDS = ("text", "prefix")
+INPUT_FIELDS = ("text", "prefix", "constraints")
 
 
-def _input_text(i: int, item) -> tuple[str, str | None]:
-    """(text, prefix or None) of inputs[i]: a string, or an object with "text" and an optional "prefix"."""
+def _input(i: int, item) -> GuidedDocument:
+    """inputs[i]: a string, or an object with "text" and optional "prefix" and "constraints"."""
     if isinstance(item, dict):
         unknown = sorted(set(item) - set(INPUT_FIELDS))
         if unknown:
@@ -281,17 +288,39 @@ def _input_text(i: int, item) -> tuple[str, str | None]:
             raise ApiError(400, f"inputs[{i}].text must be a string")
         if prefix is not None and not isinstance(prefix, str):
             raise ApiError(400, f"inputs[{i}].prefix must be a string or null")
+        phrases = _phrases(item.get("constraints"), f"inputs[{i}].constraints")
     elif isinstance(item, str):
-        text, prefix = item, None
+        text, prefix, phrases = item, None, ()
     else:
         raise ApiError(400, f"inputs[{i}] must be a string or an object {{\"text\": ..., \"prefix\": ...}}, "
                             f"not {type(item).__name__}")
-    for value, what in ((text, ""), (prefix or "", ".prefix")):
+    for value, what in ((text, ""), (prefix or "", ".prefix"), *((p, ".constraints") for p in phrases)):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ApiError(400, f"inputs[{i}]{what} is not valid Unicode text (a lone surrogate)") from None
-    return text, prefix or None
+    return GuidedDocument(text, prefix or None, phrases)
+
+
+def _phrases(value, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, f"{where} must be a list of strings (phrases), e.g. [\"Hund\", \"am Strand\"]")
+    return tuple(v for v in value if v.strip())
+
+
+def _with_constraints(inputs: list[GuidedDocument], given) -> list[GuidedDocument]:
+    """The request's "constraints": one list of phrases per input."""
+    if not isinstance(given, list) or len(given) != len(inputs):
+        raise ApiError(400, f"constraints must be a list with one list of phrases per input ({len(inputs)}), "
+                            f"e.g. [[\"Hund\"], [\"am Strand\"]]")
+    out = []
+    for i, (doc, phrases) in enumerate(zip(inputs, given)):
+        if doc.constraints and phrases:
+            raise ApiError(400, f"inputs[{i}] has constraints of its own and in the request's constraints: give one")
+        out.append(dataclasses.replace(doc, constraints=doc.constraints or _phrases(phrases, f"constraints[{i}]")))
+    return out
 
 
 def _number(x: float):

@@ -26,7 +26,8 @@ class Job:
     arrived: float           # time.monotonic()
     future: Future = dataclasses.field(default_factory=Future)
     batch: dict | None = None  # filled by the worker: the batch this job was decoded in
-    guides: list[Guide] | None = None  # one per input (a target prefix), None when no input has one
+    guides: list[Guide] | None = None  # one per input (prefix, phrases), None when no input has either
+    constraints: list | None = None    # each input's phrases as text, for the answer's unmet_constraints
 
 
 class Worker:
