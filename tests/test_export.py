@@ -189,3 +189,13 @@ def test_cli_exports_and_ctranslate2_backend(tmp_path):
     assert len(int8) == len(lines)
     with pytest.raises(ValueError, match="backend=ctranslate2 reports no attention"):
         _decode(run, lines, tmp_path, "x.txt", backend="ctranslate2", attention=str(tmp_path / "attn"))
+    # target prefixes through CTranslate2's target_prefix: the same outputs as ours
+    # (even lines start with the first word of the next line's output: words the vocabulary has)
+    prefixes = [" ".join(torch_out[(i + 1) % len(torch_out)].split()[:1]) if i % 2 == 0 else ""
+                for i in range(len(torch_out))]
+    (tmp_path / "prefix.txt").write_text("\n".join(prefixes) + "\n")
+    torch_prefixed = _decode(run, lines, tmp_path, "tp.txt", prefix=str(tmp_path / "prefix.txt"))
+    ct2_prefixed = _decode(run, lines, tmp_path, "cp.txt", prefix=str(tmp_path / "prefix.txt"),
+                           backend="ctranslate2", compute_type="float32")
+    assert ct2_prefixed == torch_prefixed and torch_prefixed != torch_out
+    assert all(o.startswith(p) for o, p in zip(ct2_prefixed, prefixes))

@@ -33,6 +33,17 @@ def test_utility_matrix_equals_sacrebleu_sentence_scores(utility, reference):
     assert matrix.std() > 1  # the texts differ enough for the comparison to mean something
 
 
+def test_rouge_l_utility_equals_rouge_score_pair_by_pair():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    texts = random_texts(30, seed=2) + ["Dogs running on beaches.", "the dog runs", "!!"]
+    matrix = utility_matrix(texts, "rougeL")
+    expected = np.array([[100 * scorer.score(r, h)["rougeL"].fmeasure for r in texts] for h in texts])
+    np.testing.assert_allclose(matrix, expected, atol=1e-9)
+    assert matrix.std() > 1
+
+
 def test_one_candidate_is_chosen_as_it_is():
     hyp = Hypothesis([5, 6, 7], -2.5, -0.8)
     (chosen,) = select([hyp], ["a dog"], "chrf")
@@ -77,4 +88,4 @@ def test_generation_mbr_from_the_command_line(trained_run, tmp_path):
         scores = [float(r[1]) for r in rows if int(r[0]) == i]
         assert scores == sorted(scores, reverse=True) and all(0 <= s <= 100 for s in scores)
     bad = run_cli("decode", *args, "generation=mbr", "generation.mbr_utility=ter", check=False)
-    assert bad.returncode == 2 and "mbr_utility=ter: choose one of chrf, bleu" in bad.stderr
+    assert bad.returncode == 2 and "mbr_utility=ter: choose one of chrf, bleu, rougeL" in bad.stderr

@@ -120,7 +120,7 @@ def test_generation_options_reject_bad_values():
         GenerationOptions(beam_size=5, nbest=6)
     with pytest.raises(ValueError, match="strategy must be beam, greedy, sampling or mbr"):
         GenerationOptions(strategy="topk")
-    with pytest.raises(ValueError, match="mbr_utility=rouge: choose one of chrf, bleu"):
+    with pytest.raises(ValueError, match="mbr_utility=rouge: choose one of chrf, bleu, rougeL"):
         GenerationOptions(strategy="mbr", mbr_utility="rouge")
     with pytest.raises(ValueError, match="nbest=5 is more than generation.mbr_samples=4"):
         GenerationOptions(strategy="mbr", mbr_samples=4, nbest=5)

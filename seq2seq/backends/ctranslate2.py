@@ -131,27 +131,31 @@ class CTranslate2Backend:
     def decode(self, src_ids: list[list[int]], opts: GenerationOptions, *, need_attention: bool = False,
                progress=None, guides: list[Guide] | None = None) -> list[list[Hypothesis]]:
         """Length limits are this project's (per sentence, from its source length: sentences of one source
-        length are decoded together); scores are CTranslate2's."""
+        length are decoded together); scores are CTranslate2's. Prefixes go through CTranslate2's
+        target_prefix; constraints are refused."""
         if need_attention:
             raise ValueError("backend=ctranslate2 reports no attention")
         if guides is not None and any(g.constraints for g in guides):
             raise ValueError("backend=ctranslate2 has no lexically constrained decoding (CTranslate2 offers none): "
                              "decode with backend=torch")
-        if guides is not None and any(g.prefix for g in guides):
-            raise ValueError("backend=ctranslate2 does not take target prefixes here yet: decode with backend=torch")
+        prefixes = [g.prefix for g in guides] if guides is not None and any(g.prefix for g in guides) else None
         target_ids = self._target_ids
         limit = self.max_positions - 1  # room for EOS
         results: list[list[Hypothesis] | None] = [None] * len(src_ids)
         by_length: dict[int, list[int]] = {}
         for i, ids in enumerate(src_ids):
-            if not ids:
+            if not ids and not (prefixes and prefixes[i]):
                 results[i] = [Hypothesis([], 0.0, 0.0)]
             else:
                 by_length.setdefault(min(len(ids), limit), []).append(i)
         for length, rows in sorted(by_length.items()):
             least, most = source_length_bounds(length, opts, self.max_positions)
+            target_prefix = None
+            if prefixes:  # CTranslate2's own target_prefix; a prefix longer than the limit is kept whole, as ours
+                target_prefix = [self.tokenizer.tgt_pieces(prefixes[i]) or None for i in rows]
+                most = max([most] + [len(prefixes[i]) for i in rows])
             outputs = self.translator.translate_batch(
-                [self.tokenizer.src_pieces(src_ids[i][:limit]) for i in rows],
+                [self.tokenizer.src_pieces(src_ids[i][:limit]) for i in rows], target_prefix,
                 max_batch_size=max(self.batch_tokens, length + 1), batch_type="tokens", max_decoding_length=most,
                 min_decoding_length=least, return_scores=True, no_repeat_ngram_size=opts.no_repeat_ngram_size,
                 suppress_sequences=[["<pad>"], ["<s>"]], **_search(opts))

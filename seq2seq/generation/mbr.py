@@ -11,6 +11,9 @@ sacrebleu.sentence_chrf / sentence_bleu pair by pair):
 
     chrf   chrF2 (character 1-6-grams, whitespace removed; sacreBLEU's defaults)
     bleu   sentence BLEU (13a tokens, 1-4-grams, exp smoothing, effective order; sacreBLEU's defaults)
+    rougeL rouge-score's ROUGE-L F1 x 100 (its tokenizer with Porter stemming, as seq2seq-score): the longest
+           common subsequence of every pair at once, one numpy step per hypothesis word (tests hold it equal
+           to rouge_scorer pair by pair)
 
 The search produces the candidates (strategy=mbr asks seq2seq.generation.search for mbr_samples of them);
 select() needs their detokenized texts, so the backend that has the tokenizer calls it. A chosen hypothesis
@@ -22,6 +25,7 @@ import dataclasses
 from collections import Counter
 
 import numpy as np
+from rouge_score import rouge_scorer
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 from seq2seq.generation.options import MBR_UTILITIES as UTILITIES, Hypothesis
@@ -54,6 +58,8 @@ def utility_matrix(texts: list[str], utility: str) -> np.ndarray:
         return _chrf_matrix(texts)
     if utility == "bleu":
         return _bleu_matrix(texts)
+    if utility == "rougeL":
+        return _rouge_l_matrix(texts)
     raise ValueError(f"generation.mbr_utility={utility}: choose one of {', '.join(UTILITIES)}")
 
 
@@ -121,3 +127,35 @@ def _bleu_matrix(texts: list[str]) -> np.ndarray:
         bp = np.where(hyp_len < ref_len, np.where(hyp_len > 0, np.exp(1 - ref_len / hyp_len), 0.0), 1.0)
         score = bp * np.exp(log_sum / np.maximum(eff_order, 1))
     return np.where(any_correct & (eff_order > 0), score, 0.0)
+
+
+def _rouge_l_matrix(texts: list[str]) -> np.ndarray:
+    # rouge-score's own tokenizer and stemmer: the words seq2seq-score uses
+    tokenize = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)._tokenizer.tokenize
+    words = [tokenize(t) for t in texts]
+    vocab: dict[str, int] = {}
+    ids = [[vocab.setdefault(w, len(vocab) + 1) for w in row] for row in words]
+    n, longest = len(texts), max((len(row) for row in ids), default=0)
+    padded = np.zeros((n, max(longest, 1)), dtype=np.int64)  # 0 = padding, never equal to a word
+    for i, row in enumerate(ids):
+        padded[i, :len(row)] = row
+    lengths = np.array([len(row) for row in ids], dtype=np.int64)
+    # LCS of hypothesis i against reference j, a row of the table per hypothesis word, all pairs together:
+    # row' = running max of max(row, previous row shifted + match), equal to the textbook recurrence
+    row = np.zeros((n, n, padded.shape[1] + 1), dtype=np.int64)
+    lcs = np.zeros((n, n), dtype=np.int64)
+    for k in range(longest):
+        word = padded[:, k]
+        match = (word[:, None, None] == padded[None, :, :]) & (word[:, None, None] > 0)
+        step = np.maximum(row[:, :, 1:], row[:, :, :-1] + match)
+        row = np.concatenate([row[:, :, :1], np.maximum.accumulate(step, axis=2)], axis=2)
+        ended = lengths == k + 1  # hypotheses of k + 1 words: their LCS is the row's value at the reference's end
+        if ended.any():
+            lcs[ended] = np.take_along_axis(row[ended], np.broadcast_to(lengths[None, :, None], (int(ended.sum()), n, 1)),
+                                            axis=2)[:, :, 0]
+    hyp_len, ref_len = lengths[:, None].astype(np.float64), lengths[None, :].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(hyp_len > 0, lcs / hyp_len, 0.0)
+        recall = np.where(ref_len > 0, lcs / ref_len, 0.0)
+        f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return 100 * f

@@ -63,7 +63,7 @@ def forced_at(prefix: tuple[torch.Tensor, torch.Tensor] | None, t: int, rows: to
 
 
 STRATEGIES = ("beam", "greedy", "sampling", "mbr")
-MBR_UTILITIES = ("chrf", "bleu")  # seq2seq.generation.mbr
+MBR_UTILITIES = ("chrf", "bleu", "rougeL")  # seq2seq.generation.mbr
 MBR_CANDIDATES = ("sampling", "beam")
 
 
@@ -88,7 +88,7 @@ class GenerationOptions:
     epsilon: float = 0.0           # sampling: tokens of probability below this are never drawn (0 = off)
     mbr_candidates: str = "sampling"  # strategy=mbr: sampling (temperature, top_k, top_p, epsilon) | beam (n-best)
     mbr_samples: int = 32          # strategy=mbr: candidates per input (also the pseudo-references)
-    mbr_utility: str = "chrf"      # strategy=mbr: chrf | bleu (sacreBLEU's sentence scores)
+    mbr_utility: str = "chrf"      # strategy=mbr: chrf | bleu (sacreBLEU's sentence scores) | rougeL
     print_alignment: bool = False  # seq2seq-decode: hard alignments as an extra column
     attention_layer: int = -1      # which decoder layer's attention seq2seq-decode shows (-1 = last)
     attention_head: int = -1       # which head (-1 = mean over heads)
