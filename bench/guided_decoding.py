@@ -11,9 +11,14 @@ limit 1.2 x source + 10), in batches of --batch sentences sorted by source lengt
                          (as a word, and as text), unmet ones (phrases the search could not fit), BLEU / chrF
                          with and without, and the time against beam 5 at the same batch size
   ensemble               runs A and B (--runs A B) with ensemble.combine=logprob and prob, against each alone
-  MBR                    generation=mbr: 32 epsilon samples (0.02) or beam search's 32-best, chrF utility
+  MBR                    generation=mbr: 32 epsilon samples (0.02) or beam search's 32-best, chrF utility;
+                         and beam search's 32-best with BLEU utility
 
-    SEQ2SEQ_DATA=../shared/data python bench/guided_decoding.py --runs RUN_A RUN_B [--threads 2] [--out DIR]
+With --samsum RUN (a SAMSum run, e.g. recipe=samsum_pointer_generator), on SAMSum test (819 dialogues) with the
+run's own generation settings: beam search against MBR with ROUGE-L utility (32 epsilon samples, and beam
+search's 32-best) and with chrF utility (32 epsilon samples): ROUGE-1/2/L, chrF, time.
+
+    SEQ2SEQ_DATA=../shared/data python bench/guided_decoding.py --runs RUN_A RUN_B [--samsum RUN] [--threads 2]
 """
 from __future__ import annotations
 
@@ -37,13 +42,15 @@ from seq2seq.data.batching import pad_source  # noqa: E402
 from seq2seq.generation.options import GenerationOptions, Guide  # noqa: E402
 from seq2seq.generation.search import generate  # noqa: E402
 from seq2seq.host import set_threads  # noqa: E402
+from seq2seq.metrics import rouge  # noqa: E402
 from seq2seq.runs import members  # noqa: E402
 from seq2seq.serve import default_generation  # noqa: E402
 
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs=2, required=True, help="two Multi30k run folders (A is the main one)")
+    parser.add_argument("--runs", nargs=2, help="two Multi30k run folders (A is the main one)")
+    parser.add_argument("--samsum", help="a SAMSum run folder: beam search against MBR on SAMSum test")
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64, help="sentences per batch")
@@ -55,11 +62,15 @@ def arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def data() -> tuple[list[str], list[str]]:
+def data_root() -> Path:
     root = os.environ.get("SEQ2SEQ_DATA")
     if not root:
-        sys.exit("set SEQ2SEQ_DATA to the folder that holds multi30k/ (e.g. ../shared/data)")
-    folder = Path(root) / "multi30k"
+        sys.exit("set SEQ2SEQ_DATA to the folder that holds multi30k/ and samsum/ (e.g. ../shared/data)")
+    return Path(root)
+
+
+def data() -> tuple[list[str], list[str]]:
+    folder = data_root() / "multi30k"
     src = (folder / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()
     ref = (folder / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
     return src, ref
@@ -83,20 +94,24 @@ def pick_terms(reference: str, output: str, most: int) -> list[str]:
 
 
 def decode(model, tokenizer, src_ids, opts, guides, batch: int):
-    """Texts and hypotheses in input order, batches of `batch` sentences sorted by source length; seconds."""
+    """Texts and hypotheses in input order, batches of `batch` sentences sorted by source length; seconds (all,
+    and of that MBR's selection: the utility matrices)."""
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     results = [None] * len(src_ids)
+    selecting = 0.0
     start = time.perf_counter()
     for b in range(0, len(order), batch):
         chunk = order[b : b + batch]
         src = pad_source([src_ids[i] for i in chunk], max_len=model.max_positions)
         got = generate(model, src, opts, guides=[guides[i] for i in chunk] if guides else None)
         if opts.strategy == "mbr":
+            chosen = time.perf_counter()
             got = mbr_select(got, tokenizer, opts)
+            selecting += time.perf_counter() - chosen
         for i, hyps in zip(chunk, got):
             results[i] = hyps
     seconds = time.perf_counter() - start
-    return tokenizer.decode_tgt([h[0].tokens for h in results]), results, seconds
+    return tokenizer.decode_tgt([h[0].tokens for h in results]), results, seconds, selecting
 
 
 def scores(hyps: list[str], refs: list[str]) -> dict:
@@ -116,14 +131,51 @@ def open_members(runs, checkpoint, combine="logprob"):
     return backend, opts
 
 
+def samsum(args) -> list[dict]:
+    """Beam search against MBR (ROUGE-L, chrF utilities) on SAMSum test with the run's generation settings."""
+    rows = []
+    examples = [json.loads(line) for line in (data_root() / "samsum" / "test.jsonl").read_text("utf-8").splitlines()]
+    src, ref = [e["dialogue"] for e in examples], [e["summary"] for e in examples]
+    backend, opts = open_members(args.samsum, args.checkpoint)
+    model, tok = backend.model, backend.tokenizer
+    src_ids = tok.encode_src(src)
+    print(f"SAMSum: {len(src)} dialogues, run {args.samsum}, {opts}", flush=True)
+
+    def row(system, texts, seconds, selecting):
+        got = rouge(texts, ref, ("rouge1", "rouge2", "rougeL"))
+        rows.append({"system": system, **{k: round(v, 2) for k, v in got.items()},
+                     "chrf": round(sacrebleu.corpus_chrf(texts, [ref]).score, 2), "seconds": round(seconds, 1),
+                     **({"utility seconds": round(selecting, 1)} if selecting else {})})
+        print(rows[-1], flush=True)
+
+    texts, _, seconds, selecting = decode(model, tok, src_ids, opts, None, args.batch)
+    row(f"SAMSum beam {opts.beam_size}", texts, seconds, selecting)
+    for utility, candidates, extra in (("rougeL", "sampling", {"epsilon": 0.02}), ("rougeL", "beam", {}),
+                                       ("chrf", "sampling", {"epsilon": 0.02})):
+        mbr = dataclasses.replace(opts, strategy="mbr", mbr_candidates=candidates, mbr_samples=args.samples,
+                                  mbr_utility=utility, **extra)
+        torch.manual_seed(0)
+        texts, _, seconds, selecting = decode(model, tok, src_ids, mbr, None, args.batch)
+        row(f"SAMSum MBR {utility}, {args.samples} {candidates} candidates", texts, seconds, selecting)
+    return rows
+
+
 def main() -> None:
     args = arguments()
     set_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = samsum(args) if args.samsum else []
+    if args.runs:
+        rows += multi30k(args)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(json.dumps(rows, indent=1))
+
+
+def multi30k(args) -> list[dict]:
     skip = set(filter(None, args.skip.split(",")))
     src, ref = data()
     if args.sentences:
         src, ref = src[: args.sentences], ref[: args.sentences]
-    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     backend, opts = open_members(args.runs[0], args.checkpoint)
     model, tok = backend.model, backend.tokenizer
@@ -131,7 +183,7 @@ def main() -> None:
     print(f"{len(src)} sentences, run A {args.runs[0]}, {opts.beam_size=} {opts.len_penalty=} batch {args.batch}, "
           f"{args.threads} threads", flush=True)
 
-    plain, _, plain_s = decode(model, tok, src_ids, opts, None, args.batch)
+    plain, _, plain_s, _ = decode(model, tok, src_ids, opts, None, args.batch)
     rows.append({"system": "A beam 5", **scores(plain, ref), "seconds": round(plain_s, 1)})
     print(rows[-1], flush=True)
 
@@ -140,12 +192,12 @@ def main() -> None:
         (args.out / "terms.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in terms),
                                               encoding="utf-8")
         guides = [Guide(constraints=tok.encode_tgt(t) if t else []) for t in terms]
-        texts, hyps, seconds = decode(model, tok, src_ids, opts, guides, args.batch)
+        texts, hyps, seconds, _ = decode(model, tok, src_ids, opts, guides, args.batch)
         total = sum(len(t) for t in terms)
         as_word = sum(w in words(h) for t, h in zip(terms, texts) for w in t)
         as_text = sum(w in h for t, h in zip(terms, texts) for w in t)
         unmet = sum(len(h[0].unmet) for h in hyps)
-        plain_again, _, plain_again_s = decode(model, tok, src_ids, opts, None, args.batch)  # the time, again
+        plain_again, _, plain_again_s, _ = decode(model, tok, src_ids, opts, None, args.batch)  # the time, again
         rows.append({"system": "A beam 5 + terms", **scores(texts, ref), "seconds": round(seconds, 1),
                      "sentences with terms": sum(bool(t) for t in terms), "terms": total,
                      "terms as a word": f"{as_word / total:.1%}", "terms as text": f"{as_text / total:.1%}",
@@ -155,27 +207,27 @@ def main() -> None:
 
     if "ensemble" not in skip:
         other, _ = open_members(args.runs[1], args.checkpoint)
-        texts, _, seconds = decode(other.model, tok, src_ids, opts, None, args.batch)
+        texts, _, seconds, _ = decode(other.model, tok, src_ids, opts, None, args.batch)
         rows.append({"system": "B beam 5", **scores(texts, ref), "seconds": round(seconds, 1)})
         print(rows[-1], flush=True)
         for combine in ("logprob", "prob"):
             both, _ = open_members(list(args.runs), args.checkpoint, combine)
-            texts, _, seconds = decode(both.model, tok, src_ids, opts, None, args.batch)
+            texts, _, seconds, _ = decode(both.model, tok, src_ids, opts, None, args.batch)
             rows.append({"system": f"A + B ({combine})", **scores(texts, ref), "seconds": round(seconds, 1)})
             print(rows[-1], flush=True)
 
     if "mbr" not in skip:
-        for candidates, extra in (("sampling", {"epsilon": 0.02}), ("beam", {})):
+        for utility, candidates, extra in (("chrf", "sampling", {"epsilon": 0.02}), ("chrf", "beam", {}),
+                                           ("bleu", "beam", {})):
             mbr = dataclasses.replace(opts, strategy="mbr", mbr_candidates=candidates, mbr_samples=args.samples,
-                                      mbr_utility="chrf", **extra)
+                                      mbr_utility=utility, **extra)
             torch.manual_seed(0)
-            texts, _, seconds = decode(model, tok, src_ids, mbr, None, args.batch)
-            rows.append({"system": f"A MBR chrF, {args.samples} {candidates} candidates", **scores(texts, ref),
-                         "seconds": round(seconds, 1)})
+            texts, _, seconds, selecting = decode(model, tok, src_ids, mbr, None, args.batch)
+            rows.append({"system": f"A MBR {utility}, {args.samples} {candidates} candidates", **scores(texts, ref),
+                         "seconds": round(seconds, 1), "utility seconds": round(selecting, 1)})
             print(rows[-1], flush=True)
-            (args.out / f"mbr_{candidates}.de").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(json.dumps(rows, indent=1))
+            (args.out / f"mbr_{utility}_{candidates}.de").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return rows
 
 
 if __name__ == "__main__":

@@ -262,3 +262,43 @@ def train_copy(model):
     from test_copy import copy_task
 
     return train_toy_model(model, steps=60, lr=3e-3, pairs=copy_task(60 * 64, seed=1, names=True))
+
+
+FAMILIES = [("lstm", "bahdanau"), ("lstm", "luong_general"), ("gru", "luong_local_m"), ("lstm", "luong_local_p"),
+            ("gru", "multihead"), ("lstm", "copy")]
+
+
+@pytest.mark.parametrize("cell,attention", FAMILIES, ids=[f"{c}-{a}" for c, a in FAMILIES])
+def test_every_decoder_family_takes_constraints_prefixes_ensembles_and_mbr(toy_model, cell, attention):
+    """An untrained RNN of each family (and the copy model) over the toy vocabulary: each guided output keeps
+    its prefix and phrases and scores as its forced decoding; the family ensembled with the Transformer, and
+    MBR over its samples, choose hypotheses whose log-probabilities are forced decoding's too."""
+    from test_copy import rnn_copy_config
+    from test_rnn_attention import rnn_config
+
+    from seq2seq.generation.mbr import select
+
+    torch.manual_seed(1)
+    config = (rnn_copy_config(dim=32, hidden=64) if attention == "copy"
+              else rnn_config(attention, dim=32, hidden=64, cell=cell, encoder=cell))
+    model = build_model(config, 4 + TOY_SYMBOLS, 4 + TOY_SYMBOLS).eval()
+    rows = [[4, 5, 6, 7, 8], [9, 10, 11], [12, 13, 4, 5, 6, 7], [8, 8, 9]]
+    src = pad_source(rows)
+    guides = [Guide(prefix=[11], constraints=[[6, 7]]), Guide(), Guide(constraints=[[13], [5, 5]]),
+              Guide(prefix=[4, 4])]
+    opts = GenerationOptions(beam_size=4, max_len_b=10)
+    ensemble = Ensemble([toy_model, model], weights=[0.5, 0.5])
+    for decoder in (model, ensemble):
+        results = generate(decoder, src, opts, guides=guides)
+        for row, (guide, hyps) in enumerate(zip(guides, results)):
+            best = hyps[0]
+            assert best.tokens[: len(guide.prefix)] == guide.prefix and not best.unmet
+            assert all(contains(best.tokens, phrase) for phrase in guide.constraints)
+            assert best.logprob == pytest.approx(forced_logprob(decoder, src[row], best.tokens), abs=1e-3)
+    torch.manual_seed(0)
+    mbr = GenerationOptions(strategy="mbr", beam_size=4, mbr_samples=8, epsilon=0.02, max_len_b=10)
+    for row, candidates in enumerate(generate(model, src, mbr)):
+        assert len(candidates) == 8
+        (chosen,) = select(candidates, [" ".join(map(str, h.tokens)) for h in candidates], "chrf")
+        assert chosen.tokens in [h.tokens for h in candidates]
+        assert chosen.logprob == pytest.approx(forced_logprob(model, src[row], chosen.tokens), abs=1e-3)
