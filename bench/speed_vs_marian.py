@@ -11,7 +11,8 @@ steps), since one process's peak covers both. Decoding runs beam 5 over the same
 batches of test_2016_flickr with the output length pinned (min = max = L new tokens), so both do
 the same number of steps whatever the weights.
 
-    SEQ2SEQ_DATA=../shared/data python bench/speed_vs_marian.py [--rounds 3] [--steps 20] [--sentences 300]
+    SEQ2SEQ_DATA=../shared/data python bench/speed_vs_marian.py [--rounds 3] [--steps 20] [--sentences 300] \
+        [--precision fp32|bf16]
 
 Needs `pip install transformers` (not a dependency of the package).
 """
@@ -71,8 +72,10 @@ def marian_loss(model, batch):
     return F.cross_entropy(logits[mask], batch.target[mask], reduction="sum", label_smoothing=0.1)
 
 
+PRECISION = {"fp32": None, "bf16": torch.bfloat16}
 SIDES = {"seq2seq": (ours, ours_loss), "Marian": (marian, marian_loss)}
 KERNELS = ["auto"]  # --kernels
+AUTOCAST = [None]  # --precision: the autocast dtype of both sides' forward and loss (None: fp32)
 
 
 class Side:
@@ -90,7 +93,9 @@ class Side:
     def run(self, batches) -> float:
         start = time.perf_counter()
         for batch in batches:
-            (self.loss(self.model, batch) / batch.ntokens).backward()
+            with torch.autocast("cpu", dtype=AUTOCAST[0], enabled=AUTOCAST[0] is not None):
+                loss = self.loss(self.model, batch) / batch.ntokens
+            loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start
@@ -119,6 +124,7 @@ def peak_rss_child(name: str, args, queue) -> None:
 
     importlib.import_module("transformers")  # both children import the same modules
     KERNELS[0] = args.kernels
+    AUTOCAST[0] = PRECISION[args.precision]
     torch.set_num_threads(args.threads)
     data, batches = load(args)
     with open("/proc/self/clear_refs", "w") as f:
@@ -160,8 +166,11 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--cache", default="outputs/cache")
     parser.add_argument("--kernels", default="auto", choices=gemm.CHOICES, help="seq2seq's kernels.linear")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISION),
+                        help="training autocast of both sides, as trainer.precision=bf16 does (decoding stays fp32)")
     args = parser.parse_args()
     KERNELS[0] = args.kernels
+    AUTOCAST[0] = PRECISION[args.precision]
     if not args.data:
         parser.error("set SEQ2SEQ_DATA or --data to the folder that holds multi30k/")
     if args.rounds < 1 or args.steps < 1:
@@ -170,7 +179,7 @@ def main() -> None:
     data, batches = load(args)
     vocab = data.tokenizer.src_vocab_size
     sides = [Side(name, vocab) for name in SIDES]
-    print(f"threads {torch.get_num_threads()} | parameters: "
+    print(f"threads {torch.get_num_threads()} | training precision {args.precision} on both sides | parameters: "
           + ", ".join(f"{t.name} {sum(p.numel() for p in t.model.parameters()) / 1e6:.2f}M" for t in sides))
     for side in sides:
         side.run(batches[:1])  # warm-up
