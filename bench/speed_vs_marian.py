@@ -34,6 +34,7 @@ from seq2seq.data.tokenizer import BOS, EOS, PAD
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.generation.search import generate
 from seq2seq.models.kernels import gemm
+from seq2seq.training.options import PRECISIONS
 from seq2seq.models.model import build_model
 
 DIM, LAYERS, HEADS, FFN = 256, 3, 4, 1024
@@ -72,7 +73,6 @@ def marian_loss(model, batch):
     return F.cross_entropy(logits[mask], batch.target[mask], reduction="sum", label_smoothing=0.1)
 
 
-PRECISION = {"fp32": None, "bf16": torch.bfloat16}
 SIDES = {"seq2seq": (ours, ours_loss), "Marian": (marian, marian_loss)}
 KERNELS = ["auto"]  # --kernels
 AUTOCAST = [None]  # --precision: the autocast dtype of both sides' forward and loss (None: fp32)
@@ -124,7 +124,7 @@ def peak_rss_child(name: str, args, queue) -> None:
 
     importlib.import_module("transformers")  # both children import the same modules
     KERNELS[0] = args.kernels
-    AUTOCAST[0] = PRECISION[args.precision]
+    AUTOCAST[0] = PRECISIONS[args.precision]
     torch.set_num_threads(args.threads)
     data, batches = load(args)
     with open("/proc/self/clear_refs", "w") as f:
@@ -166,11 +166,11 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--cache", default="outputs/cache")
     parser.add_argument("--kernels", default="auto", choices=gemm.CHOICES, help="seq2seq's kernels.linear")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISION),
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="training autocast of both sides, as trainer.precision=bf16 does (decoding stays fp32)")
     args = parser.parse_args()
     KERNELS[0] = args.kernels
-    AUTOCAST[0] = PRECISION[args.precision]
+    AUTOCAST[0] = PRECISIONS[args.precision]
     if not args.data:
         parser.error("set SEQ2SEQ_DATA or --data to the folder that holds multi30k/")
     if args.rounds < 1 or args.steps < 1:
