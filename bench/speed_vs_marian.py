@@ -3,7 +3,7 @@
 Both models have the same shape (d=256, 3+3 layers, 4 heads, FFN 1024, ReLU, 8k joint
 vocabulary, tied embeddings: about 7.6M parameters; this project's layers are pre-norm as in
 the recipe, Marian's post-norm), see the same Multi30k batches (the recipe's 2,048 tokens) and
-run on the same threads. Training: each model is built once with its own AdamW (same settings)
+run on the same threads. Training: each model is built once with its own fused AdamW (same settings)
 and trained in alternating rounds of --steps steps (the order flips every round); the table
 gives the median over rounds of target tokens/s and of source + target tokens/s. Peak resident
 memory is measured for each side alone in a child process (spawned, the same imports, the same
@@ -33,6 +33,7 @@ from seq2seq.data.prepare import prepare_data
 from seq2seq.data.tokenizer import BOS, EOS, PAD
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.generation.search import generate
+from seq2seq.models.kernels import attention as attention_kernels
 from seq2seq.models.kernels import gemm
 from seq2seq.training.options import PRECISIONS
 from seq2seq.models.model import build_model
@@ -74,7 +75,7 @@ def marian_loss(model, batch):
 
 
 SIDES = {"seq2seq": (ours, ours_loss), "Marian": (marian, marian_loss)}
-KERNELS = ["auto"]  # --kernels
+KERNELS = ["auto", "auto"]  # --kernels, --attention
 AUTOCAST = [None]  # --precision: the autocast dtype of both sides' forward and loss (None: fp32)
 
 
@@ -85,10 +86,14 @@ class Side:
         build, self.loss = SIDES[name]
         torch.manual_seed(0)
         self.name, self.model = name, build(vocab).train()
-        if name == "seq2seq":  # what seq2seq-train does with kernels.linear (Marian keeps torch's nn.Linear)
+        if name == "seq2seq":  # what seq2seq-train does with kernels.* (Marian keeps torch's nn.Linear and SDPA)
             print(f"seq2seq kernels.linear={KERNELS[0]}: "
                   f"{gemm.configure(KERNELS[0], 16, self.model, rows=(256, 32), cache_dir=None)}")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-4)
+            print(f"seq2seq kernels.attention={KERNELS[1]}: "
+                  f"{attention_kernels.configure(KERNELS[1], self.model, 2048, cache_dir=None)}")
+        # fused: what seq2seq-train takes and Hugging Face's Trainer's default (adamw_torch_fused, torch >= 2.8)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-4,
+                                           fused=True)
 
     def run(self, batches) -> float:
         start = time.perf_counter()
@@ -123,7 +128,7 @@ def peak_rss_child(name: str, args, queue) -> None:
     import importlib
 
     importlib.import_module("transformers")  # both children import the same modules
-    KERNELS[0] = args.kernels
+    KERNELS[:] = [args.kernels, args.attention]
     AUTOCAST[0] = PRECISIONS[args.precision]
     torch.set_num_threads(args.threads)
     data, batches = load(args)
@@ -166,10 +171,12 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--cache", default="outputs/cache")
     parser.add_argument("--kernels", default="auto", choices=gemm.CHOICES, help="seq2seq's kernels.linear")
+    parser.add_argument("--attention", default="auto", choices=attention_kernels.CHOICES,
+                        help="seq2seq's kernels.attention")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="training autocast of both sides, as trainer.precision=bf16 does (decoding stays fp32)")
     args = parser.parse_args()
-    KERNELS[0] = args.kernels
+    KERNELS[:] = [args.kernels, args.attention]
     AUTOCAST[0] = PRECISIONS[args.precision]
     if not args.data:
         parser.error("set SEQ2SEQ_DATA or --data to the folder that holds multi30k/")

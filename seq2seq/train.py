@@ -22,6 +22,7 @@ from seq2seq.data.pairs import filter_training_pairs
 from seq2seq.data.prepare import prepare_data
 from seq2seq.generation.options import GenerationOptions
 from seq2seq.host import resolve_device, set_threads
+from seq2seq.models.kernels import attention as attention_kernels
 from seq2seq.models.kernels import gemm
 from seq2seq.models.model import build_model
 from seq2seq.training import distributed
@@ -33,7 +34,7 @@ log = logging.getLogger("seq2seq.train")
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     check_keys("dist", to_dict(cfg.dist), ("backend", "timeout_minutes", "main_wait_minutes"))
-    check_keys("kernels", to_dict(cfg.kernels), ("linear", "onednn_cache_capacity", "cache_dir"))
+    check_keys("kernels", to_dict(cfg.kernels), ("linear", "attention", "onednn_cache_capacity", "cache_dir"))
     dist = distributed.from_environment()
     setup_logging(dist.rank)
     device = resolve_device(cfg.device)
@@ -99,17 +100,25 @@ def _open_run_folder(cfg: DictConfig, run_dir: Path, dist, device) -> None:
 
 
 def configure_kernels(kernels, model, device, batch_tokens: int, dist=None) -> dict:
-    """kernels.linear for this process (seq2seq.models.kernels.gemm): on a CPU, auto times the model's product shapes
-    at a training chunk (up to 256 rows) and a decoding step's size (32 rows); every rank takes rank 0's plan."""
+    """kernels.linear and kernels.attention for this process (seq2seq.models.kernels): on a CPU, auto times the
+    model's product shapes at a training chunk (up to 256 rows) and a decoding step's size (32 rows), and its
+    attention at the batch's tokens; every rank takes rank 0's plans. Returns {"linear": .., "attention": ..}."""
     if device.type != "cpu":
-        return {"choice": f"torch ({device.type})"}
+        return {"linear": {"choice": f"torch ({device.type})"}, "attention": {"choice": f"torch ({device.type})"}}
     main = dist is None or dist.is_main
-    record = gemm.configure(kernels.linear if main else "mkl", kernels.onednn_cache_capacity, model,
-                            rows=(min(batch_tokens, 256), 32), cache_dir=kernels.cache_dir)
-    if dist is not None and dist.enabled:  # rank 0 measured; the others take its plan
-        plan, record = distributed.broadcast_object((gemm.current_plan(), record), dist)
-        gemm.set_plan(plan)
-    log.info("matrix products (kernels.linear=%s): %s", kernels.linear, record)
+    record = {
+        "linear": gemm.configure(kernels.linear if main else "mkl", kernels.onednn_cache_capacity, model,
+                                 rows=(min(batch_tokens, 256), 32), cache_dir=kernels.cache_dir),
+        "attention": attention_kernels.configure(kernels.attention if main else "fused", model, batch_tokens,
+                                                 cache_dir=kernels.cache_dir),
+    }
+    if dist is not None and dist.enabled:  # rank 0 measured; the others take its plans
+        plans = distributed.broadcast_object((gemm.current_plan(), attention_kernels.current_plan(), record), dist)
+        gemm.set_plan(plans[0])
+        attention_kernels.set_plan(plans[1])
+        record = plans[2]
+    log.info("matrix products (kernels.linear=%s): %s", kernels.linear, record["linear"])
+    log.info("attention (kernels.attention=%s): %s", kernels.attention, record["attention"])
     return record
 
 

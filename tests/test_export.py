@@ -149,8 +149,9 @@ def _decode(run, lines, tmp_path, name, **keys):
 
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     given = {"run": run, "input": tmp_path / "in.txt", "output": tmp_path / name, "precision": "fp32",
-             "kernels.linear": "mkl", "device": "cpu", "threads": 1, "batch_tokens": 500, "generation": "greedy",
-             "generation.max_len_a": 0.0, "generation.max_len_b": 12, **keys}
+             "kernels.linear": "mkl", "kernels.attention": "fused", "device": "cpu", "threads": 1,
+             "batch_tokens": 500, "generation": "greedy", "generation.max_len_a": 0.0, "generation.max_len_b": 12,
+             **keys}
     decode(compose("decode", *(f"{k}={v}" for k, v in given.items())))
     return (tmp_path / name).read_text().splitlines()
 

@@ -496,8 +496,8 @@ def test_decode_writes_heatmaps_weights_and_alignments(tmp_path):
     lines = ["the cat sees a dog", "", "a red house", "big tree"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     decode(compose("decode", f"run={run}", f"input={tmp_path / 'in.txt'}", f"output={tmp_path / 'out.txt'}",
-                   "precision=fp32", "kernels.linear=mkl", "device=cpu", "threads=1", "batch_tokens=100",
-                   f"attention={tmp_path / 'attn'}", "attention_max_sentences=2", "generation.beam_size=2",
+                   "precision=fp32", "kernels.linear=mkl", "kernels.attention=fused", "device=cpu", "threads=1",
+                   "batch_tokens=100", f"attention={tmp_path / 'attn'}", "attention_max_sentences=2", "generation.beam_size=2",
                    "generation.print_alignment=true", "generation.max_len_b=5"))
     out = (tmp_path / "out.txt").read_text().split("\n")[:-1]
     assert len(out) == 4 and out[1] == "\t"

@@ -32,7 +32,7 @@ class BackendSettings:
     device: torch.device = torch.device("cpu")
     batch_tokens: int = 6000
     precision: str = "auto"          # torch: auto | fp32 | bf16 (seq2seq.training.precision)
-    kernels: dict | None = None      # torch, on a CPU: kernels.linear, onednn_cache_capacity, cache_dir
+    kernels: dict | None = None      # torch, on a CPU: kernels.linear, attention, onednn_cache_capacity, cache_dir
     compute_type: str = "default"    # ctranslate2: int8 | int8_float32 | float32 | ...
     weights: tuple | None = None     # torch, several members: ensemble.weights (None: equal)
     combine: str = "logprob"         # torch, several members: ensemble.combine (seq2seq.generation.ensemble)

@@ -29,7 +29,7 @@ def mbr_select(results: list[list[Hypothesis]], tokenizer: Tokenizer, opts: Gene
     return chosen
 
 
-DEFAULT_KERNELS = {"linear": "mkl", "onednn_cache_capacity": 16, "cache_dir": None}
+DEFAULT_KERNELS = {"linear": "mkl", "attention": "fused", "onednn_cache_capacity": 16, "cache_dir": None}
 
 
 def random_sample(vocab_size: int, sentences: int = 16, length: int = 20) -> list[list[int]]:

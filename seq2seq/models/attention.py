@@ -6,12 +6,10 @@ which are exactly zero on padding.
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from seq2seq.models.kernels.attention import attend
 from seq2seq.models.kernels.gemm import Linear
 
 
@@ -25,32 +23,6 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[B, H, T, dh] -> [B, T, H*dh]."""
     b, h, t, dh = x.shape
     return x.transpose(1, 2).reshape(b, t, h * dh)
-
-
-def attend(q, k, v, mask=None, dropout: float = 0.0, need_weights: bool = False, causal: bool = False):
-    """Attention of q [B,H,T,dh] over k, v [B,H,S,dh]; mask [B,1,1,S] or [B,1,T,S], True where allowed.
-
-    Uses the fused scaled_dot_product_attention unless the weights are wanted.
-    Returns (output [B,H,T,dh], weights [B,H,T,S] or None).
-    """
-    if not need_weights:
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # torch's fused CPU attention is several times slower in bf16 than in fp32, its backward most
-            # (measured on the Multi30k Transformer: 34 against 7.7 ms a call): under bf16 autocast the
-            # attention itself runs in fp32, between the bf16 projections
-            with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
-                                                     dropout_p=dropout, is_causal=causal)
-            return out.to(q.dtype), None
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal), None
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-    if causal:
-        t, s = scores.shape[-2:]
-        scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1), float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(dim=-1)
-    return F.dropout(weights, dropout, training=dropout > 0) @ v, weights
 
 
 class MultiHeadAttention(nn.Module):
@@ -69,6 +41,10 @@ class MultiHeadAttention(nn.Module):
         self.kv_proj = Linear(key_dim, 2 * query_dim)
         self.out_proj = Linear(query_dim, query_dim)
         self.output_dim = query_dim
+
+    def attention_shape(self) -> tuple[int, int]:
+        """(heads, head size), for kernels.attention=auto (seq2seq.models.kernels.attention)."""
+        return self.heads, self.output_dim // self.heads
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv_proj(memory).chunk(2, dim=-1)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seq2seq.models.attention import MultiHeadAttention, attend, merge_heads, split_heads
+from seq2seq.models.attention import MultiHeadAttention, merge_heads, split_heads
+from seq2seq.models.kernels.attention import attend
 from seq2seq.models.kernels.dropout import Dropout
 from seq2seq.models.embeddings import SinusoidalPositions
 from seq2seq.models.kernels.gemm import Linear
@@ -25,6 +26,10 @@ class SelfAttention(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.qkv_proj = Linear(dim, 3 * dim)
         self.out_proj = Linear(dim, dim)
+
+    def attention_shape(self) -> tuple[int, int]:
+        """(heads, head size), for kernels.attention=auto (seq2seq.models.kernels.attention)."""
+        return self.heads, self.out_proj.in_features // self.heads
 
     def forward(self, x, mask=None, causal=False, cache=None):
         """x [B,T,D]. With cache (k, v) of earlier positions, x holds only the new ones; returns (out, (k, v))."""

@@ -24,6 +24,7 @@ import torch
 
 from seq2seq.generation.decoding import decode_ids
 from seq2seq.host import measured
+from seq2seq.models.kernels import attention as attention_kernels
 from seq2seq.models.kernels import gemm
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,15 @@ def check_decoding(requested: str) -> None:
 def decoding_paths(model, sample: list, options, device: torch.device, *, requested: str, kernels: dict,
                    batch_tokens: int, checkpoint, settings: dict, what: str):
     """The host's paths for decoding one checkpoint or an ensemble's (a list; seq2seq-decode, seq2seq-serve): on a CPU kernels.linear
-    (kernels: linear, onednn_cache_capacity, cache_dir), then the autocast dtype (None: fp32). precision=auto
+    and kernels.attention (kernels: linear, attention, onednn_cache_capacity, cache_dir), then the autocast dtype (None: fp32). precision=auto
     times decoding `sample` (source id lists) in fp32 and bf16, once per host, checkpoint and settings."""
     check_decoding(requested)
     if device.type == "cpu":
         plan = gemm.configure(kernels["linear"], kernels["onednn_cache_capacity"], model,
                               rows=(min(batch_tokens, 256), 32), cache_dir=kernels["cache_dir"])
         log.info("%s: matrix products (kernels.linear=%s): %s", what, kernels["linear"], plan)
+        plan = attention_kernels.configure(kernels["attention"], model, min(batch_tokens, 2048), kernels["cache_dir"])
+        log.info("%s: attention (kernels.attention=%s): %s", what, kernels["attention"], plan)
     if requested == "auto" and not sample:
         return None
     if isinstance(checkpoint, (str, Path)):

@@ -28,12 +28,13 @@ def compose(command: str, *overrides: str):
 def run_cli(module: str, *args: str, stdin: bytes | None = None, cwd: Path | None = None, check: bool = True):
     """Run `python -m seq2seq.<module> args...` and return the CompletedProcess (text stdout/stderr).
 
-    seq2seq-decode gets precision=fp32 and kernels.linear=onednn unless the test names them: precision=auto
-    and kernels.linear=auto are chosen by timing on the host, and the CLI tests compare outputs float for float
+    seq2seq-decode gets precision=fp32, kernels.linear=onednn and kernels.attention=fused unless the test names
+    them: precision=auto and the kernels' auto are chosen by timing on the host, and the CLI tests compare outputs float for float
     (alone vs batched, decode vs serve), which must not depend on what a host measured."""
     if module == "decode" and "--help" not in args:
         named = {a.split("=", 1)[0] for a in args}
-        args = (*args, *(f"{k}={v}" for k, v in (("precision", "fp32"), ("kernels.linear", "onednn")) if k not in named))
+        args = (*args, *(f"{k}={v}" for k, v in (("precision", "fp32"), ("kernels.linear", "onednn"),
+                                                                ("kernels.attention", "fused")) if k not in named))
     env = command_env()
     proc = subprocess.run([sys.executable, "-m", f"seq2seq.{module}", *args], input=stdin, capture_output=True,
                           cwd=cwd or REPO, env=env, timeout=600)

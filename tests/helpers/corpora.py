@@ -43,7 +43,7 @@ def tiny_train_overrides(root: Path, run_dir: Path, name: str = "toy", steps: in
         f"trainer.max_steps={steps}", "trainer.valid_every=20", "trainer.log_every=1", "trainer.progress=false",
         "threads=1", f"run_dir={run_dir}",
         # fixed choices: two runs compared float for float (resume) must not measure their way to different ones
-        "kernels.linear=onednn", "trainer.precision=fp32",
+        "kernels.linear=onednn", "kernels.attention=fused", "trainer.precision=fp32",
     ]
 
 
