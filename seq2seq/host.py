@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -71,6 +72,17 @@ def measured(cache_dir: str | Path | None, what: str, key: dict, measure: Callab
         except OSError as err:  # a read-only cache folder costs a measurement next time, nothing else
             log.warning("could not keep the %s measurement in %s: %s", what, path, err)
     return result, False
+
+
+def fastest(function: Callable[[], object], repeats: int) -> float:
+    """Seconds of function()'s fastest of `repeats` calls after one untimed call (kernels compile, caches fill)."""
+    function()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def resolve_device(name: str) -> torch.device:

@@ -98,7 +98,7 @@ def test_auto_stops_timing_at_the_first_length_where_explicit_did_not_win(monkey
              ("decoding", 16): (2.0, 1.0), ("decoding", 32): (2.0, 1.0), ("decoding", 64): (2.0, 1.0)}
     monkeypatch.setattr(kernels, "LENGTHS", (16, 32, 64))
     monkeypatch.setattr(kernels, "timing_cases", lambda mode, h, s, length, *a: ((mode, length, 0), (mode, length, 1)))
-    monkeypatch.setattr(kernels, "_timed", lambda case, repeats: table[case[:2]][case[2]])
+    monkeypatch.setattr(kernels, "fastest", lambda case, repeats: table[case[:2]][case[2]])
     totals = kernels.measure([(4, 64)], tokens=2048)
     assert list(totals["training"]) == [16, 32]  # 32: explicit within the 5% margin, so 64 is not timed
     assert list(totals["decoding"]) == [16, 32, 64]

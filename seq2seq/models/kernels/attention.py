@@ -4,13 +4,14 @@ torch's fused CPU attention (F.scaled_dot_product_attention: a flash-attention k
 in blocks and never holds the [B, H, T, S] scores) pays a fixed cost per block and per row that long
 documents amortise and sentences do not. The explicit route, two batched products around a softmax, holds
 the scores and has no such cost. Measured on a 2-core AMD EPYC (4 heads of 64, 2,048 tokens a batch,
-bench/attention_kernels.py, bench/README.md): for training (forward and backward) explicit is 1.7x faster
-at 16-32 keys, 1.1x at 64 and 0.7-0.9x from 128; for a beam-search step (5 queries of a sentence against
-its source) 4.6-6x at 16-32 keys, 2.4x at 64, even from 256. Where the crossover lies depends on the host,
-so it is measured:
+bench/attention_kernels.py, bench/README.md): for training (forward and backward) explicit is 1.5-2.3x
+faster at 16-32 keys, 1.1-1.3x at 64, 0.9-1.07x at 128 and 0.7x from 256; for a beam-search step (5 queries
+of a sentence against its source) 2.3-6x at 16-64 keys and even from 256. That is 3% of the Multi30k
+Transformer's training step, more where the products are faster (bf16, AMX). Where the crossover lies
+depends on the host, so it is measured:
   - fused: torch's kernel always (what a process that configured nothing uses);
   - explicit: the products and softmax always (memory: the scores, B x H x T x S floats);
-  - auto: the model's own heads and head size timed on both routes at start-up (about half a second),
+  - auto: the model's own heads and head size timed on both routes at start-up (0.3-1 s),
     for training and for decoding steps, at key lengths from 16 up (doubling, at most 512) until explicit
     is no longer at least 5% faster; explicit up to the last length where it was. The result is kept in
     the cache folder per CPU model, flags, torch version and thread count (seq2seq.host).
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2seq.host import measured
+from seq2seq.host import fastest, measured
 
 CHOICES = ("auto", "fused", "explicit")
 LENGTHS = (16, 32, 64, 128, 256, 512)  # key lengths timed by auto
@@ -108,16 +109,6 @@ def attention_shapes(model: nn.Module) -> list[tuple[int, int]]:
     return sorted({m.attention_shape() for m in model.modules() if hasattr(m, "attention_shape")})
 
 
-def _timed(function, repeats: int) -> float:
-    function()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def timing_cases(mode: str, heads: int, size: int, length: int, tokens: int, g: torch.Generator):
     """(fused, explicit) functions of one case: training = forward and backward of masked self-attention over
     `tokens` tokens (a fifth of every fourth sentence padding); decoding = a step, STEP_QUERIES queries of
@@ -161,8 +152,8 @@ def measure(shapes: list[tuple[int, int]], tokens: int, repeats: int = 2) -> dic
             pair = [0.0, 0.0]
             for heads, size in shapes:
                 fused, written_out = timing_cases(mode, heads, size, length, tokens, g)
-                pair[0] += _timed(fused, repeats)
-                pair[1] += _timed(written_out, repeats)
+                pair[0] += fastest(fused, repeats)
+                pair[1] += fastest(written_out, repeats)
             seconds[length] = pair
             if not explicit_wins(pair):
                 break

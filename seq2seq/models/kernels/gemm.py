@@ -27,7 +27,6 @@ reads the two variables at its first use, so they are set there (a value the use
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2seq.host import measured
+from seq2seq.host import fastest, measured
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +136,6 @@ def configure(choice: str, cache_capacity: int = 16, model: nn.Module | None = N
     return _plan.summary()
 
 
-def _timed(function, repeats: int) -> float:
-    function()  # oneDNN compiles its kernel on the first call
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure_shapes(shapes: list[tuple[int, int]], rows: list[int], repeats: int = 3) -> dict:
     """Seconds of each product of x [r, inner] -> [r, columns] on both kernels: {"kind/class": [mkl, onednn]}."""
     totals: dict[str, list[float]] = {}
@@ -161,8 +150,8 @@ def measure_shapes(shapes: list[tuple[int, int]], rows: list[int], repeats: int 
                 for kind, (mkl, onednn) in pairs.items():
                     key = f"{kind}/{size_class(macs)}"
                     got = totals.setdefault(key, [0.0, 0.0])
-                    got[0] += _timed(mkl, repeats)
-                    got[1] += _timed(onednn, repeats)
+                    got[0] += fastest(mkl, repeats)
+                    got[1] += fastest(onednn, repeats)
     return totals
 
 
