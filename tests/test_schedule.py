@@ -59,3 +59,34 @@ def test_the_trainer_follows_the_linear_schedule_to_zero(corpus, tmp_path):
     for step, value in lr.items():  # logged after the update: the rate that step used
         assert value == pytest.approx(expected(step)), step
     assert lr[12] == 0.0
+
+
+def test_adamw_takes_the_fused_kernel_and_falls_back_where_there_is_none(monkeypatch):
+    import torch
+
+    from seq2seq.training import optim
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    fused = optim.build_optimizer(model, 1e-3, (0.9, 0.98), 1e-9, 0.01)
+    assert fused.defaults["fused"] is True
+    assert [g["weight_decay"] for g in fused.param_groups] == [0.01, 0.0]  # matrices decay, gains and biases not
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    twin.load_state_dict(model.state_dict())
+    plain = torch.optim.AdamW(twin.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
+    for m, opt in ((model, fused), (twin, plain)):
+        m(torch.ones(2, 4)).square().sum().backward()
+        opt.step()
+    # one step of the fused kernel equals torch's plain AdamW on the parameters without weight decay
+    torch.testing.assert_close(model[1].weight, twin[1].weight)
+    torch.testing.assert_close(model[0].bias, twin[0].bias)
+
+    real = torch.optim.AdamW
+
+    def without_fused(params, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(optim.torch.optim, "AdamW", without_fused)
+    fallback = optim.build_optimizer(model, 1e-3, (0.9, 0.98), 1e-9, 0.01)
+    assert not fallback.defaults.get("fused") and len(fallback.param_groups) == 2

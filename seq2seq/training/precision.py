@@ -130,9 +130,10 @@ def check_decoding(requested: str) -> None:
 
 def decoding_paths(model, sample: list, options, device: torch.device, *, requested: str, kernels: dict,
                    batch_tokens: int, checkpoint, settings: dict, what: str):
-    """The host's paths for decoding one checkpoint or an ensemble's (a list; seq2seq-decode, seq2seq-serve): on a CPU kernels.linear
-    and kernels.attention (kernels: linear, attention, onednn_cache_capacity, cache_dir), then the autocast dtype (None: fp32). precision=auto
-    times decoding `sample` (source id lists) in fp32 and bf16, once per host, checkpoint and settings."""
+    """The host's paths for decoding one checkpoint or an ensemble's (a list; seq2seq-decode, seq2seq-serve): on a
+    CPU kernels.linear and kernels.attention (kernels: linear, attention, onednn_cache_capacity, cache_dir), then
+    the autocast dtype (None: fp32). precision=auto times decoding `sample` (source id lists) in fp32 and bf16,
+    once per host, checkpoint and settings."""
     check_decoding(requested)
     if device.type == "cpu":
         plan = gemm.configure(kernels["linear"], kernels["onednn_cache_capacity"], model,
