@@ -6,9 +6,9 @@ documents amortise and sentences do not. The explicit route, two batched product
 the scores and has no such cost. Measured on a 2-core AMD EPYC (4 heads of 64, 2,048 tokens a batch,
 bench/attention_kernels.py, bench/README.md): for training (forward and backward) explicit is 1.5-2.3x
 faster at 16-32 keys, 1.1-1.3x at 64, 0.9-1.07x at 128 and 0.7x from 256; for a beam-search step (5 queries
-of a sentence against its source) 2.3-6x at 16-64 keys and even from 256. That is 3% of the Multi30k
-Transformer's training step, more where the products are faster (bf16, AMX). Where the crossover lies
-depends on the host, so it is measured:
+of a sentence against its source) 2.3-6x at 16-64 keys and even from 256. On the Multi30k Transformer's
+training step that is +2-7% at two threads and level at one (the per-call gain is smaller there). Where the
+crossover lies depends on the host and its threads, so it is measured:
   - fused: torch's kernel always (what a process that configured nothing uses);
   - explicit: the products and softmax always (memory: the scores, B x H x T x S floats);
   - auto: the model's own heads and head size timed on both routes at start-up (0.3-1 s),
