@@ -124,15 +124,8 @@ def timing_cases(mode: str, heads: int, size: int, length: int, tokens: int, g: 
     q = torch.randn(STEP_ROWS, heads, STEP_QUERIES, size, generator=g)
     k, v = (torch.randn(STEP_ROWS, heads, length, size, generator=g) for _ in range(2))
     mask = torch.ones(STEP_ROWS, 1, 1, length, dtype=torch.bool)
-
-    def no_grad(function):
-        def run():
-            with torch.no_grad():
-                function()
-        return run
-
-    return (no_grad(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)),
-            no_grad(lambda: explicit(q, k, v, mask)))
+    return (torch.no_grad()(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)),
+            torch.no_grad()(lambda: explicit(q, k, v, mask)))
 
 
 def explicit_wins(seconds) -> bool:
