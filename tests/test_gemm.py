@@ -137,6 +137,56 @@ def test_fused_output_loss_and_gradients_equal_float64_autograd(smoothing, count
     close_to_float64(layer.weight.grad, w64.grad)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_output_loss_keeps_targets_with_vanishing_probability_exact(precision):
+    """The loss takes log-normalisers from the softmax at the target (lse = x_t - log p_t); rows whose
+    target probability underflows (here 100-400 nats below the best word) take a logsumexp instead,
+    so their loss is finite and equals float64 autograd, as do the gradients of every row."""
+    torch.manual_seed(0)
+    layer = OutputLayer(OutputSizes(16, 16, 16, 50, True), chunk=8)
+    features = torch.randn(20, 16)
+    target = torch.randint(0, 50, (20,))
+    with torch.no_grad():  # rows 3, 9 and 17: the target word's score far below the others
+        for row, gap in ((3, 100.0), (9, 250.0), (17, 400.0)):
+            w = layer.weight[target[row]]
+            features[row] = -gap * w / w.square().sum()
+    features.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, nll = layer.loss(DecoderOut(features), None, target, 0.1)
+    loss.backward()
+
+    f64 = features.detach().double().requires_grad_()
+    w64 = layer.weight.detach().double().requires_grad_()
+    logits = f64 @ w64.t()
+    if precision == "bf16":  # the products' rounding of the fused loss, in the reference too
+        logits = f64.bfloat16().double() @ w64.bfloat16().double().t()
+    ref_loss, ref_nll = smoothed_nll(torch.log_softmax(logits, dim=-1), target, 0.1)
+    ref_loss.backward()
+    assert ref_nll > 700 and torch.isfinite(loss) and torch.isfinite(features.grad).all()
+    rtol = 1e-5 if precision == "fp32" else 1e-3
+    torch.testing.assert_close(loss.double(), ref_loss.detach(), rtol=rtol, atol=0)
+    torch.testing.assert_close(nll.double(), ref_nll, rtol=rtol, atol=0)
+    if precision == "fp32":
+        close_to_float64(features.grad, f64.grad)
+        close_to_float64(layer.weight.grad, w64.grad)
+
+
+@pytest.mark.parametrize("select_rows", [True, False])
+def testlog_normaliser_equals_logsumexp_with_or_without_a_host_sync(select_rows):
+    """Both ways of the fallback (the CPU's: only the underflowing rows; an accelerator's: every row,
+    no host sync) give logsumexp, including a row whose target probability underflows to 0."""
+    from seq2seq.models.output import log_normaliser
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 40) * 3
+    t = torch.randint(0, 40, (6, 1))
+    x[2, t[2, 0]] = -500.0
+    p = torch.softmax(x, dim=1)
+    assert p[2, t[2, 0]] == 0
+    lse = log_normaliser(p, x, t, x.gather(1, t), select_rows)
+    torch.testing.assert_close(lse, torch.logsumexp(x, dim=1, keepdim=True), rtol=1e-6, atol=1e-6)
+
+
 @needs_onednn
 def test_memory_stays_bounded_over_many_batch_shapes():
     """Every new row count compiles new oneDNN kernels (forward, input and weight gradients); the

@@ -67,12 +67,16 @@ _TRAINED: dict[str, torch.nn.Module] = {}
 
 
 def trained(variant: str, steps: int = 250, batch_size: int = 64, lr: float = 7e-3):
-    """The variant trained to copy sequences (once per session; later tests reuse it)."""
+    """The variant trained to copy sequences (once per session; later tests reuse it).
+
+    The rate decays linearly to zero, so the last updates settle: Luong local-m trained this way reached
+    99.7-100% token accuracy over seeds 0-7. At a constant rate it ended at 95.4-99.0% depending on the seed
+    and on float rounding alone (the kernel plan, the loss's summation order), around the 97% asserted below."""
     if variant not in _TRAINED:
         torch.manual_seed(0)
         model = build_model(rnn_config(variant), VOCAB, VOCAB)
         _TRAINED[variant] = train_toy_model(model, steps, batch_size, lr, seed=0,
-                                            pairs=copy_pairs(steps * batch_size, seed=1))
+                                            pairs=copy_pairs(steps * batch_size, seed=1), decay=True)
     return _TRAINED[variant]
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from seq2seq.models.kernels.gemm import mm_nn, mm_nt, mm_tn
 from seq2seq.models.model import AttentionChoice, DecoderOut
-from seq2seq.models.output import OutputLayer, smoothed_nll
+from seq2seq.models.output import OutputLayer, log_normaliser, smoothed_nll
 
 
 def _safe_log(p: torch.Tensor) -> torch.Tensor:
@@ -54,13 +54,13 @@ class _FusedCopyLoss(torch.autograd.Function):
         d loss / d z         = sum_w coef(w) beta(w) - (1 - g)        (z: the gate's logit)
         d loss / d a_i       = -coef(src_i) (1 - g) / P(src_i)         (a: the copy attention)
     all bounded except the last, which is the true gradient of log P for a poorly attended piece.
-    So one chunk holds a few [chunk x vocabulary] buffers: the logits, q and the dense copy
-    distribution. The matmuls run in the autocast dtype, everything else in fp32.
+    So one chunk holds two [chunk x vocabulary] buffers: q (then the logits' gradient) and the
+    logits (then the dense copy distribution). The matmuls run in the autocast dtype, everything else in fp32.
     """
 
     @staticmethod
     def forward(ctx, features, weight, z, attention, src, target, smoothing: float, chunk: int):
-        # long: one chunked pass computes the loss and every gradient in the logits' own buffer
+        # long: one chunked pass computes the loss and every gradient in two [chunk, V] buffers
         n, vocab = features.size(0), weight.size(0)
         device_type = features.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else features.dtype
@@ -81,12 +81,10 @@ class _FusedCopyLoss(torch.autograd.Function):
                 log_g, log_not_g = F.logsigmoid(zc)[:, None], F.logsigmoid(-zc)[:, None]
                 logits = mm_nt(h, w).to(acc)  # the three products on the host's kernel (seq2seq.models.kernels.gemm)
                 logits_sum = logits.sum(1)
-                top = logits.amax(1, keepdim=True)
                 picked = {"t": logits.gather(1, t), "s": logits.gather(1, s)}
-                q = logits.sub_(top).exp_()  # unnormalised softmax, in the logits' buffer
-                total = q.sum(1, keepdim=True)
-                lse = top + total.log()
-                copy = torch.zeros_like(q).scatter_add_(1, s, a)
+                q = torch.softmax(logits, dim=1)  # one pass (torch's exp alone is slower than its softmax)
+                lse = log_normaliser(q, logits, t, picked["t"], select_rows=device_type == "cpu")
+                copy = logits.zero_().scatter_add_(1, s, a)  # the logits' buffer holds the copy distribution
 
                 def log_p(ids, logit):  # log P at the given pieces, the copied share beta, log g q
                     log_gen = log_g + logit - lse
@@ -107,7 +105,7 @@ class _FusedCopyLoss(torch.autograd.Function):
 
                 alpha_t = 1.0 - beta_t
                 k = (1.0 - eps) * alpha_t + eps / vocab * (vocab - beta_once.sum(1, keepdim=True))
-                grad = q.mul_(k / total)  # softmax * k
+                grad = q.mul_(k)
                 grad.sub_(eps / vocab)
                 grad.scatter_add_(1, s, eps / vocab * beta_once)
                 grad.scatter_add_(1, t, -(1.0 - eps) * alpha_t)

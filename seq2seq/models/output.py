@@ -14,9 +14,28 @@ from torch import nn
 from seq2seq.models.kernels.gemm import linear, mm_nn, mm_nt, mm_tn
 
 
+def log_normaliser(p: torch.Tensor, x: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor,
+                    select_rows: bool) -> torch.Tensor:
+    """log sum_j exp(x_j) [rows, 1] from the softmax p [rows, V] of the fp32 logits x, the targets t
+    [rows, 1] and their logits x_t: p_t = exp(x_t - lse), so lse = x_t - log p_t, with no pass over
+    the rows. Exact to fp32 rounding while p_t is a normal number; the rare rows whose target
+    probability is below 1e-30 (a loss over 69 nats) take a logsumexp over their logits instead:
+    only those rows where select_rows (a host sync, free on a CPU), else every row, kept where needed
+    (no sync on an accelerator)."""
+    p_t = p.gather(1, t)
+    lse = x_t - torch.log(p_t)
+    tiny = p_t < 1e-30
+    if not select_rows:
+        return torch.where(tiny, torch.logsumexp(x, dim=1, keepdim=True), lse)
+    rows = tiny.squeeze(1).nonzero().squeeze(1)
+    if rows.numel():
+        lse[rows] = torch.logsumexp(x[rows], dim=1, keepdim=True)
+    return lse
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Under autocast the matmuls run in the autocast dtype (the weight is cast to it), while the
-    log-softmax, the loss and the accumulated weight gradient stay fp32, like a master copy."""
+    softmax, the loss and the accumulated weight gradient stay fp32, like a master copy."""
 
     @staticmethod
     def forward(ctx, features, weight, target, smoothing: float, chunk: int):
@@ -28,21 +47,29 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_weight = None
         loss = features.new_zeros((), dtype=torch.float32)
         nll = features.new_zeros((), dtype=torch.float32)
+        # Buffers shared by the chunks (the softmax; a low-precision chunk's logits in fp32): a fresh
+        # [chunk, V] tensor per chunk costs more in page faults on a CPU than the pass that fills it.
+        size = (min(chunk, n), vocab)
+        probs = features.new_empty(size, dtype=torch.float32)
+        wide = None if dtype == torch.float32 else features.new_empty(size, dtype=torch.float32)
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n, chunk):
-                h, t = features[start : start + chunk].to(dtype), target[start : start + chunk]
-                # one fused log-softmax pass (logsumexp and a subtraction were three passes over the chunk)
-                logp = torch.log_softmax(mm_nt(h, w).float(), dim=1)
-                chunk_nll = -logp.gather(1, t[:, None]).sum()
-                smooth = -logp.mean(dim=1).sum()
+                h, t = features[start : start + chunk].to(dtype), target[start : start + chunk, None]
+                logits = mm_nt(h, w)
+                x = logits if wide is None else wide[: h.size(0)].copy_(logits)
+                p = torch.softmax(x, 1, out=probs[: h.size(0)])  # one pass: torch's exp alone is slower
+                x_t = x.gather(1, t)
+                lse = log_normaliser(p, x, t, x_t, select_rows=device_type == "cpu")
+                chunk_nll = (lse - x_t).sum()
                 nll += chunk_nll
-                loss += (1.0 - smoothing) * chunk_nll + smoothing * smooth
+                loss += (1.0 - smoothing) * chunk_nll
+                if smoothing:  # eps * mean_j -log p_j = eps * (lse - mean_j x_j)
+                    loss += smoothing * (lse - x.mean(dim=1, keepdim=True)).sum()
                 # d loss / d logits = softmax - (1 - eps) * onehot - eps / V
-                grad = logp.exp_()
-                grad.scatter_add_(1, t[:, None], torch.full_like(grad[:, :1], -(1.0 - smoothing)))
+                p.scatter_add_(1, t, torch.full_like(x_t, -(1.0 - smoothing)))
                 if smoothing:
-                    grad.sub_(smoothing / vocab)
-                grad = grad.to(dtype)
+                    p.sub_(smoothing / vocab)
+                grad = p if wide is None else logits.copy_(p)  # the spent low-precision logits hold it
                 grad_features[start : start + chunk] = mm_nn(grad, w)
                 part = mm_tn(grad, h)  # the fp32 accumulator below is the master copy under autocast
                 grad_weight = part.to(weight.dtype) if grad_weight is None else grad_weight.add_(part)
