@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from seq2seq.models.kernels import gemm
 from seq2seq.models.kernels.gemm import Linear, linear, mm_nn, mm_nt, mm_tn
 from seq2seq.models.model import DecoderOut, OutputSizes
-from seq2seq.models.output import OutputLayer, smoothed_nll
+from seq2seq.models.output import OutputLayer, log_normaliser, smoothed_nll
 
 needs_onednn = pytest.mark.skipif(not gemm._op_available(), reason="this torch build has no oneDNN inner product")
 
@@ -172,11 +172,9 @@ def test_fused_output_loss_keeps_targets_with_vanishing_probability_exact(precis
 
 
 @pytest.mark.parametrize("select_rows", [True, False])
-def testlog_normaliser_equals_logsumexp_with_or_without_a_host_sync(select_rows):
+def test_log_normaliser_equals_logsumexp_with_or_without_a_host_sync(select_rows):
     """Both ways of the fallback (the CPU's: only the underflowing rows; an accelerator's: every row,
     no host sync) give logsumexp, including a row whose target probability underflows to 0."""
-    from seq2seq.models.output import log_normaliser
-
     torch.manual_seed(0)
     x = torch.randn(6, 40) * 3
     t = torch.randint(0, 40, (6, 1))
